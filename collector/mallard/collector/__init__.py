@@ -1,0 +1,1 @@
+"""mallard.collector: OTLP receivers, write-ahead log and batching into the Parquet store."""

@@ -1,0 +1,189 @@
+"""Collector settings: one frozen dataclass, filled from CLI flag → `MALLARD_*` env var → TOML → default.
+
+`SETTINGS` is the single table of every setting; the CLI flags, the env var names and the docs
+(`collector/README.md`, checked by a test) all come from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+
+class ConfigError(Exception):
+    """A setting is unknown, malformed or out of range."""
+
+
+_SIZE_RE: Final = re.compile(r"^\s*(\d+)\s*([KMG]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS: Final = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """`16777216`, `16MiB`, `16M` or `512KiB` as a byte count."""
+    match = _SIZE_RE.match(text)
+    if match is None:
+        raise ValueError(f"not a size: {text!r} (e.g. 16MiB)")
+    unit = (match[2] or "").upper()[:1]
+    return int(match[1]) * _UNITS[unit]
+
+
+def _text_or_none(text: str) -> str | None:
+    return text or None
+
+
+def _path_or_none(text: str) -> Path | None:
+    return Path(text) if text else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Setting:
+    name: str
+    parse: Callable[[str], Any]
+    help: str
+    choices: tuple[str, ...] | None = None
+
+
+SETTINGS: Final = (
+    Setting(name="data", parse=Path, help="store root (Parquet files and WAL)"),
+    Setting(name="host", parse=str, help="address both receivers listen on"),
+    Setting(name="grpc_port", parse=int, help="OTLP/gRPC port (0 picks a free one)"),
+    Setting(name="http_port", parse=int, help="OTLP/HTTP port, also /healthz /readyz /metrics (0: free)"),
+    Setting(name="workers", parse=int, help="collector processes sharing the ports (SO_REUSEPORT)"),
+    Setting(
+        name="wal_fsync",
+        parse=str,
+        choices=("always", "interval", "never"),
+        help="always: fsync before every ack (group commit); interval: every 200 ms; never",
+    ),
+    Setting(name="wal_segment_bytes", parse=parse_size, help="size at which a WAL segment is closed"),
+    Setting(name="flush_interval", parse=float, help="seconds rows wait at most before a Parquet flush"),
+    Setting(name="flush_rows", parse=int, help="rows of one table that trigger a flush"),
+    Setting(name="flush_bytes", parse=parse_size, help="Arrow bytes of one table that trigger a flush"),
+    Setting(
+        name="max_queue_bytes",
+        parse=parse_size,
+        help="acked bytes waiting for Parquet before requests get 429/RESOURCE_EXHAUSTED",
+    ),
+    Setting(name="max_request_bytes", parse=parse_size, help="largest request body (413 above)"),
+    Setting(name="max_decompressed_bytes", parse=parse_size, help="largest body after gzip (413 above)"),
+    Setting(name="max_attributes", parse=int, help="attributes per item; items above are rejected"),
+    Setting(name="max_attribute_depth", parse=int, help="nesting depth of array/kvlist values"),
+    Setting(name="auth_token", parse=_text_or_none, help="bearer token both receivers require"),
+    Setting(name="tls_cert", parse=_path_or_none, help="PEM certificate: serve both receivers over TLS"),
+    Setting(name="tls_key", parse=_path_or_none, help="PEM private key for --tls-cert"),
+    Setting(name="log_level", parse=str, choices=("debug", "info", "warning", "error"), help="log level"),
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CollectorConfig:
+    data: Path = Path("mallard-data")
+    host: str = "127.0.0.1"
+    grpc_port: int = 4317
+    http_port: int = 4318
+    workers: int = 1
+    wal_fsync: str = "always"
+    wal_segment_bytes: int = 64 << 20
+    flush_interval: float = 2.0
+    flush_rows: int = 250_000
+    flush_bytes: int = 64 << 20
+    max_queue_bytes: int = 256 << 20
+    max_request_bytes: int = 16 << 20
+    max_decompressed_bytes: int = 64 << 20
+    max_attributes: int = 1024
+    max_attribute_depth: int = 16
+    auth_token: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    log_level: str = "info"
+
+    def validate(self) -> CollectorConfig:
+        for name in ("grpc_port", "http_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ConfigError(f"{name} must be 0..65535, not {port}")
+        positive = (
+            "workers",
+            "wal_segment_bytes",
+            "flush_rows",
+            "flush_bytes",
+            "max_queue_bytes",
+            "max_request_bytes",
+            "max_decompressed_bytes",
+            "max_attributes",
+            "max_attribute_depth",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
+        if self.flush_interval <= 0:
+            raise ConfigError(f"flush_interval must be positive, not {self.flush_interval}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert and tls_key go together")
+        for setting in SETTINGS:
+            if setting.choices and getattr(self, setting.name) not in setting.choices:
+                raise ConfigError(f"{setting.name} must be one of {', '.join(setting.choices)}")
+        return self
+
+
+def env_var(name: str) -> str:
+    return f"MALLARD_{name.upper()}"
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting; defaults stay None so env, file and code defaults can apply."""
+    parser.add_argument("--config", type=Path, help="TOML file of settings (keys as in the table)")
+    defaults = CollectorConfig()
+    for setting in SETTINGS:
+        default = getattr(defaults, setting.name)
+        parser.add_argument(
+            flag(setting.name),
+            dest=setting.name,
+            default=None,
+            choices=setting.choices,
+            help=f"{setting.help} [env {env_var(setting.name)}; default {default}]",
+        )
+
+
+def load_config(
+    flags: Mapping[str, Any], *, env: Mapping[str, str] | None = None, config_file: Path | None = None
+) -> CollectorConfig:
+    """Flag → env var → TOML file → default, then `validate()`; raises ConfigError."""
+    env = os.environ if env is None else env
+    from_file: dict[str, Any] = {}
+    path = config_file or (Path(env[env_var("config")]) if env_var("config") in env else None)
+    if path is not None:
+        try:
+            from_file = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        known = {s.name for s in SETTINGS}
+        unknown = sorted(set(from_file) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) in {path}: {', '.join(unknown)}")
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw: Any = flags.get(setting.name)
+        source = flag(setting.name)
+        if raw is None and env_var(setting.name) in env:
+            raw, source = env[env_var(setting.name)], env_var(setting.name)
+        if raw is None and setting.name in from_file:
+            raw, source = from_file[setting.name], f"{path}:{setting.name}"
+        if raw is None:
+            continue
+        try:
+            values[setting.name] = setting.parse(str(raw)) if not isinstance(raw, bool) else raw
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    return dataclasses.replace(CollectorConfig(), **values).validate()

@@ -1,0 +1,191 @@
+"""One collector worker process, wired: WAL → recovery → batcher → Parquet sink, and both receivers.
+
+This is the composition root of a collector worker; `mallard serve` runs one, or several under
+`mallard.collector.supervisor`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import grpc
+import uvicorn
+
+from mallard.collector.arrow import Converted, Limits
+from mallard.collector.batcher import Batcher, BatcherSettings
+from mallard.collector.config import CollectorConfig
+from mallard.collector.grpc_receiver import create_grpc_server
+from mallard.collector.http_receiver import OtlpHttpApp
+from mallard.collector.ingest import Ingest
+from mallard.collector.recovery import recover
+from mallard.collector.telemetry import SelfMetrics
+from mallard.collector.wal import FsyncMode, WriteAheadLog
+from mallard.storage.layout import wal_dir
+from mallard.storage.schema import TABLES
+from mallard.storage.writer import ParquetSettings, ParquetSink, clean_tmp
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BoundPorts:
+    grpc: int
+    http: int
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the worker decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _listen_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def _adopt_orphans(config: CollectorConfig, index: int, sink: ParquetSink, limits: Limits) -> None:
+    """Replays and removes the WALs of workers that no longer exist (`--workers` was lowered)."""
+    for directory in sorted((config.data / "wal").glob("w*")):
+        suffix = directory.name[1:]
+        if not suffix.isdigit() or int(suffix) < config.workers or int(suffix) % config.workers != index:
+            continue
+        orphan = WriteAheadLog(directory, fsync="never", on_commit=lambda *_: None)
+        report = recover(
+            orphan,
+            root=config.data,
+            writer=directory.name,
+            sink=sink,
+            limits=limits,
+            quarantine=config.data / "wal" / "quarantine",
+        )
+        logger.info("adopted the WAL of %s: %d records", directory.name, report.records)
+        shutil.rmtree(directory)
+
+
+async def run_worker(
+    config: CollectorConfig,
+    *,
+    index: int,
+    stop: asyncio.Event,
+    on_ready: Callable[[BoundPorts], None],
+) -> None:
+    """Recovers, serves until `stop` is set, then drains: every acknowledged row ends in Parquet."""
+    root = config.data
+    writer = f"w{index}"
+    metrics = SelfMetrics()
+    limits = Limits(max_attributes=config.max_attributes, max_depth=config.max_attribute_depth)
+    sink = ParquetSink(root, settings=ParquetSettings(fsync=config.wal_fsync != "never"))
+    clean_tmp(root, writer)
+    _adopt_orphans(config, index, sink, limits)
+
+    batcher_ref: list[Batcher] = []
+
+    def on_commit(lsn: int, signal: str, item: object) -> None:
+        assert isinstance(item, Converted)
+        batcher_ref[0].accept(lsn, item.table, item.batch)
+
+    fsync: FsyncMode = config.wal_fsync  # type: ignore[assignment]
+    wal = WriteAheadLog(
+        wal_dir(root, writer), fsync=fsync, segment_bytes=config.wal_segment_bytes, on_commit=on_commit
+    )
+    report = recover(
+        wal, root=root, writer=writer, sink=sink, limits=limits, quarantine=root / "wal" / "quarantine"
+    )
+    metrics.add("mallard_recovered_records_total", report.records)
+    wal.start()
+    wal.release_upto(wal.next_lsn - 1)
+    batcher = Batcher(
+        sink,
+        writer=writer,
+        tables=TABLES,
+        settings=BatcherSettings(
+            flush_rows=config.flush_rows,
+            flush_bytes=config.flush_bytes,
+            flush_interval_s=config.flush_interval,
+        ),
+        metrics=metrics,
+        on_committed=wal.release_upto,
+    )
+    batcher_ref.append(batcher)
+    batcher.start(last_lsn=wal.next_lsn - 1)
+    ingest = Ingest(
+        wal,
+        limits=limits,
+        metrics=metrics,
+        max_queue_bytes=config.max_queue_bytes,
+        buffered_bytes=lambda: batcher.buffered_bytes,
+        storage_healthy=lambda: batcher.healthy and wal.healthy,
+    )
+    metrics.gauge("mallard_queue_bytes", ingest.queue_bytes)
+    metrics.gauge("mallard_wal_bytes", wal.size_bytes)
+
+    reuse_port = config.workers > 1
+    grpc_server = create_grpc_server(
+        ingest,
+        max_request_bytes=config.max_request_bytes,
+        auth_token=config.auth_token,
+        reuse_port=reuse_port,
+    )
+    address = f"{config.host}:{config.grpc_port}"
+    if config.tls_cert is not None and config.tls_key is not None:
+        credentials = grpc.ssl_server_credentials(
+            [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())]
+        )
+        grpc_port = grpc_server.add_secure_port(address, credentials)
+    else:
+        grpc_port = grpc_server.add_insecure_port(address)
+    http_socket = _listen_socket(config.host, config.http_port, reuse_port=reuse_port)
+    app = OtlpHttpApp(
+        ingest,
+        metrics=metrics,
+        max_request_bytes=config.max_request_bytes,
+        max_decompressed_bytes=config.max_decompressed_bytes,
+        auth_token=config.auth_token,
+        ready=lambda: batcher.healthy and wal.healthy and ingest.queue_bytes() < config.max_queue_bytes,
+    )
+    http_server = _QuietServer(
+        uvicorn.Config(
+            app,
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            http="httptools",
+            ssl_certfile=str(config.tls_cert) if config.tls_cert else None,
+            ssl_keyfile=str(config.tls_key) if config.tls_key else None,
+            timeout_graceful_shutdown=10,
+        )
+    )
+    await grpc_server.start()
+    http_task = asyncio.create_task(http_server.serve(sockets=[http_socket]))
+    while not http_server.started and not http_task.done():
+        await asyncio.sleep(0.01)
+    if http_task.done():
+        await http_task  # raises what made it fail
+    on_ready(BoundPorts(grpc=grpc_port, http=http_socket.getsockname()[1]))
+    try:
+        await stop.wait()
+    finally:
+        logger.info("draining %s", writer)
+        http_server.should_exit = True
+        await asyncio.gather(grpc_server.stop(grace=10), http_task, return_exceptions=True)
+        ingest.close()
+        wal.close()
+        batcher.close()
+        wal.release_upto(batcher.committed_lsn())
+        logger.info("%s stopped: everything acknowledged is in Parquet", writer)

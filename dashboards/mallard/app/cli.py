@@ -1,0 +1,74 @@
+"""`mallard`: the command line. Each subcommand imports only the stages it runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+
+def _version() -> str:
+    try:
+        return version("mallard")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mallard.collector.config import add_arguments
+    from mallard.query.cli import add_sql_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="mallard",
+        description="OpenTelemetry-native collector and backend: OTLP in, Parquet out, SQL through DuckDB.",
+    )
+    parser.add_argument("--version", action="version", version=f"mallard {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run the OTLP collector (gRPC and HTTP) on a store",
+        description="Receive OTLP traces, metrics and logs over gRPC and HTTP and store them as Parquet. "
+        "Every flag is also a MALLARD_* environment variable and a key of the --config TOML file.",
+    )
+    add_arguments(serve)
+    sql = commands.add_parser(
+        "sql",
+        help="run SQL over the store's spans, metrics and logs views",
+        description="Run SQL through DuckDB over the views spans, metrics and logs.",
+    )
+    add_sql_arguments(sql)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from mallard.collector.config import ConfigError, load_config
+    from mallard.collector.supervisor import configure_logging, serve
+
+    try:
+        config = load_config(vars(args), config_file=args.config)
+    except ConfigError as exc:
+        print(f"mallard serve: error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level)
+
+    def announce(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        return serve(config, announce=announce)
+    except OSError as exc:
+        print(f"mallard serve: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    from mallard.query.cli import run_sql
+
+    return run_sql(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

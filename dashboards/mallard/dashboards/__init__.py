@@ -1,0 +1,1 @@
+"""mallard.dashboards: the Dash UI (to come)."""
