@@ -9,22 +9,14 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mallard.collector.errors import PermanentError
-from mallard.collector.otlp_json import decode_json, encode_json
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
-    ExportLogsServiceRequest,
-)
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-)
-from opentelemetry.proto.common.v1.common_pb2 import (
-    AnyValue,
-    ArrayValue,
-    KeyValue,
-    KeyValueList,
-)
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+from mallard.collector.errors import PermanentError
+from mallard.collector.otlp_json import decode_json, encode_json
 
 GOLDEN = Path(__file__).parent.parent / "testdata" / "otlp_json"
 GOLDEN_FILES = [
@@ -53,7 +45,7 @@ def _strings(key_values: Iterable[KeyValue]) -> dict[str, str]:
     return {key: value.string_value for key, value in _attributes(key_values).items()}
 
 
-# --- golden files -------------------------------------------------------------------------------
+# --- golden files ---------------------------------------------------------------------
 
 
 def test_traces_anyvalue_golden_decodes_every_field() -> None:
@@ -69,9 +61,7 @@ def test_traces_anyvalue_golden_decodes_every_field() -> None:
     (scope_spans,) = checkout.scope_spans
     assert scope_spans.scope.name == "opentelemetry.instrumentation.fastapi"
     assert scope_spans.scope.version == "0.66b2"
-    assert _strings(scope_spans.scope.attributes) == {
-        "instrumentation.provider": "opentelemetry"
-    }
+    assert _strings(scope_spans.scope.attributes) == {"instrumentation.provider": "opentelemetry"}
     assert scope_spans.schema_url == "https://opentelemetry.io/schemas/1.37.0"
 
     (span,) = scope_spans.spans
@@ -109,9 +99,7 @@ def test_traces_anyvalue_golden_decodes_every_field() -> None:
     assert attributes["http.response.status_code"].int_value == 402
     big = attributes["app.order.sequence"]
     assert big.WhichOneof("value") == "int_value"
-    assert (
-        big.int_value == 9_007_199_254_740_993
-    )  # 2**53 + 1: not representable as a double
+    assert big.int_value == 9_007_199_254_740_993  # 2**53 + 1: not representable as a double
     assert attributes["app.inventory.delta"].int_value == -42
     assert attributes["app.cart.total"].double_value == 129.95
     items = attributes["app.cart.items"]
@@ -177,16 +165,11 @@ def test_traces_anyvalue_golden_decodes_every_field() -> None:
     }
     assert payments.schema_url == "https://opentelemetry.io/schemas/1.26.0"
     (payments_scope,) = payments.scope_spans
-    assert (
-        payments_scope.scope.name
-        == "go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
-    )
+    assert payments_scope.scope.name == "go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
     (child,) = payments_scope.spans
     assert child.trace_id == TRACE_ID
     assert child.span_id == PAYMENTS_SPAN_ID
-    assert (
-        child.parent_span_id == CHECKOUT_SPAN_ID
-    )  # the parent lives in the other service
+    assert child.parent_span_id == CHECKOUT_SPAN_ID  # the parent lives in the other service
     assert child.flags == 0x301
     assert child.kind == Span.SPAN_KIND_SERVER
     assert child.start_time_unix_nano == 1_717_171_717_120_000_000
@@ -431,7 +414,7 @@ def test_encode_json_writes_otlp_json() -> None:
     assert digest["value"] == {"bytesValue": "3q2+7w=="}  # other bytes stay base64
 
 
-# --- property tests -----------------------------------------------------------------------------
+# --- property tests -------------------------------------------------------------------
 
 _SCALARS: st.SearchStrategy[AnyValue] = st.one_of(
     st.text().map(lambda s: AnyValue(string_value=s)),
@@ -449,9 +432,7 @@ def _any_values(depth: int) -> st.SearchStrategy[AnyValue]:
     inner = _any_values(depth - 1)
     return st.one_of(
         _SCALARS,
-        st.lists(inner, max_size=4).map(
-            lambda values: AnyValue(array_value=ArrayValue(values=values))
-        ),
+        st.lists(inner, max_size=4).map(lambda values: AnyValue(array_value=ArrayValue(values=values))),
         st.lists(_key_values(inner), max_size=4).map(
             lambda kvs: AnyValue(kvlist_value=KeyValueList(values=kvs))
         ),
@@ -494,9 +475,7 @@ def _spans(draw: st.DrawFn) -> Span:
 @settings(deadline=None, max_examples=200)
 @given(st.lists(_spans(), min_size=1, max_size=3))
 def test_random_spans_round_trip(spans: list[Span]) -> None:
-    message = ExportTraceServiceRequest(
-        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=spans)])]
-    )
+    message = ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=spans)])])
     assert decode_json("traces", encode_json(message)) == message
 
 
@@ -518,7 +497,7 @@ def test_random_log_records_round_trip(record: LogRecord) -> None:
     assert decode_json("logs", encode_json(message)) == message
 
 
-# --- lenient where the mapping allows ------------------------------------------------------------
+# --- lenient where the mapping allows -------------------------------------------------
 
 
 def _one_span(span: dict[str, object]) -> bytes:
@@ -597,9 +576,7 @@ def test_snake_case_names_are_accepted() -> None:
     )
     decoded = decode_json("traces", json.dumps(snake).encode())
     assert decoded == decode_json("traces", camel)
-    assert decoded.resource_spans[0].scope_spans[0].spans[0].parent_span_id == (
-        CHECKOUT_SPAN_ID
-    )
+    assert decoded.resource_spans[0].scope_spans[0].spans[0].parent_span_id == CHECKOUT_SPAN_ID
 
 
 def test_empty_object_is_an_empty_request() -> None:
@@ -607,7 +584,7 @@ def test_empty_object_is_an_empty_request() -> None:
     assert decode_json("logs", b'{"resourceLogs": null}') == ExportLogsServiceRequest()
 
 
-# --- errors -------------------------------------------------------------------------------------
+# --- errors ---------------------------------------------------------------------------
 
 _SPAN_PATH = "resourceSpans[0].scopeSpans[0].spans[0]"
 
@@ -669,13 +646,7 @@ _SPAN_PATH = "resourceSpans[0].scopeSpans[0].spans[0]"
         ),
         (
             "traces",
-            _one_span(
-                {
-                    "attributes": [
-                        {"key": "n", "value": {"intValue": 1, "boolValue": True}}
-                    ]
-                }
-            ),
+            _one_span({"attributes": [{"key": "n", "value": {"intValue": 1, "boolValue": True}}]}),
             f"{_SPAN_PATH}.attributes[0].value: ",
         ),
         (
@@ -687,13 +658,7 @@ _SPAN_PATH = "resourceSpans[0].scopeSpans[0].spans[0]"
                             "scopeMetrics": [
                                 {
                                     "metrics": [
-                                        {
-                                            "histogram": {
-                                                "dataPoints": [
-                                                    {"exemplars": [{"spanId": "12G4"}]}
-                                                ]
-                                            }
-                                        }
+                                        {"histogram": {"dataPoints": [{"exemplars": [{"spanId": "12G4"}]}]}}
                                     ]
                                 }
                             ]
@@ -737,9 +702,7 @@ _SPAN_PATH = "resourceSpans[0].scopeSpans[0].spans[0]"
         ),
     ],
 )
-def test_bad_bodies_are_permanent_errors_that_say_where(
-    signal: str, body: bytes, expected: str
-) -> None:
+def test_bad_bodies_are_permanent_errors_that_say_where(signal: str, body: bytes, expected: str) -> None:
     with pytest.raises(PermanentError) as raised:
         decode_json(signal, body)
     assert expected in str(raised.value)
