@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Final
 
 import pyarrow as pa
+
 from mallard.query.engine import Store
 from mallard.query.errors import QueryError
 from mallard.query.output import format_csv, format_json, format_table

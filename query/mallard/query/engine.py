@@ -22,6 +22,7 @@ from typing import Final, Self
 
 import duckdb
 import pyarrow as pa
+
 from mallard.query.errors import QueryError
 from mallard.storage.layout import table_dir, table_glob
 from mallard.storage.schema import SCHEMAS, TABLES
@@ -43,9 +44,7 @@ class Store:
         self._connection = duckdb.connect(":memory:")
         try:
             self._connection.execute("SET TimeZone = 'UTC'")
-            self._empty = {
-                table: _empty_select(self._connection, table) for table in TABLES
-            }
+            self._empty = {table: _empty_select(self._connection, table) for table in TABLES}
         except duckdb.Error as error:
             self._connection.close()
             raise QueryError(str(error)) from error
@@ -89,9 +88,7 @@ class Store:
             has_files = _has_files(table_dir(self._root, table))
             if self._has_files.get(table) == has_files:
                 continue
-            source = (
-                _parquet_select(self._root, table) if has_files else self._empty[table]
-            )
+            source = _parquet_select(self._root, table) if has_files else self._empty[table]
             self._connection.execute(f"CREATE OR REPLACE VIEW {table} AS {source}")
             self._has_files[table] = has_files
 
@@ -113,13 +110,10 @@ def _empty_select(connection: duckdb.DuckDBPyConnection, table: str) -> str:
     """A `SELECT` of no rows with the columns and DuckDB types the table has once files exist."""
     relation = connection.from_arrow(SCHEMAS[table].empty_table())
     columns = [
-        (name, str(sql_type))
-        for name, sql_type in zip(relation.columns, relation.dtypes)
+        (name, str(sql_type)) for name, sql_type in zip(relation.columns, relation.dtypes, strict=True)
     ]
     columns.extend(HIVE_COLUMNS)
-    casts = ", ".join(
-        f"CAST(NULL AS {sql_type}) AS {_identifier(name)}" for name, sql_type in columns
-    )
+    casts = ", ".join(f"CAST(NULL AS {sql_type}) AS {_identifier(name)}" for name, sql_type in columns)
     return f"SELECT {casts} WHERE false"
 
 

@@ -7,7 +7,7 @@ All three render values the same way:
 | NULL | `NULL` | empty field | `null` |
 | integer (any size, DuckDB HUGEINT too) | exact digits | exact digits | exact number, even beyond 2^53 |
 | decimal | exact digits | exact digits | number (integral ones exact, others as a double) |
-| NaN, ±infinity | `NaN`, `Infinity`, `-Infinity` | same | the strings `"NaN"`, `"Infinity"`, `"-Infinity"` (as proto3 JSON) |
+| NaN, ±infinity | `NaN`, `Infinity`, `-Infinity` | same | strings `"NaN"`, `"Infinity"`, `"-Infinity"` |
 | boolean | `true` / `false` | same | `true` / `false` |
 | timestamp with time zone | ISO 8601 in UTC ending in `Z`: `2026-11-22T10:00:00.123456Z` | same | string |
 | timestamp without time zone, date, time | ISO 8601 without zone | same | string |
@@ -36,40 +36,26 @@ from typing import Final, TypeAlias
 import pyarrow as pa
 import pyarrow.compute as pc
 
-JsonValue: TypeAlias = (
-    None | bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"]
-)
+JsonValue: TypeAlias = bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"] | None
 
 DEFAULT_MAX_CELL_WIDTH: Final = 60
 _NON_FINITE: Final = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 _ESCAPES: Final = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})
 
 
-def format_table(
-    table: pa.Table, *, max_cell_width: int | None = DEFAULT_MAX_CELL_WIDTH
-) -> str:
+def format_table(table: pa.Table, *, max_cell_width: int | None = DEFAULT_MAX_CELL_WIDTH) -> str:
     """An aligned text table: header, rule, rows, then `(N rows)`.
 
     Numbers are right-aligned; line breaks in values show as `\\n`; a cell longer than
     `max_cell_width` characters is cut and ends in `…` (None: never cut).
     """
     header = [str(name) for name in table.column_names]
-    cells = [
-        [_cut(_cell_text(value), max_cell_width) for value in row]
-        for row in _rows(table)
-    ]
-    widths = [
-        max([len(name), *(len(row[i]) for row in cells)])
-        for i, name in enumerate(header)
-    ]
+    cells = [[_cut(_cell_text(value), max_cell_width) for value in row] for row in _rows(table)]
+    widths = [max([len(name), *(len(row[i]) for row in cells)]) for i, name in enumerate(header)]
     right = [_is_numeric(field.type) for field in table.schema]
     lines = []
     if header:
-        lines.append(
-            _table_line(
-                [name.ljust(width) for name, width in zip(header, widths, strict=True)]
-            )
-        )
+        lines.append(_table_line([name.ljust(width) for name, width in zip(header, widths, strict=True)]))
         lines.append("-" + "-+-".join("-" * width for width in widths) + "-")
         for row in cells:
             padded = [
@@ -113,9 +99,7 @@ def _json_value(value: object, data_type: pa.DataType) -> JsonValue:
     if pa.types.is_map(data_type):
         assert isinstance(value, list)
         return {
-            _key_text(_json_value(key, data_type.key_type)): _json_value(
-                item, data_type.item_type
-            )
+            _key_text(_json_value(key, data_type.key_type)): _json_value(item, data_type.item_type)
             for key, item in value
         }
     if _is_list(data_type):
@@ -124,10 +108,7 @@ def _json_value(value: object, data_type: pa.DataType) -> JsonValue:
     if pa.types.is_struct(data_type):
         assert isinstance(value, dict)
         fields = [data_type.field(i) for i in range(data_type.num_fields)]
-        return {
-            field.name: _json_value(value.get(field.name), field.type)
-            for field in fields
-        }
+        return {field.name: _json_value(value.get(field.name), field.type) for field in fields}
     if pa.types.is_dictionary(data_type):
         return _json_value(value, data_type.value_type)
     return _scalar(value)
@@ -135,11 +116,7 @@ def _json_value(value: object, data_type: pa.DataType) -> JsonValue:
 
 def _rows(table: pa.Table) -> list[tuple[JsonValue, ...]]:
     columns = [_column_values(column) for column in table.columns]
-    return (
-        list(zip(*columns, strict=True))
-        if columns
-        else [() for _ in range(table.num_rows)]
-    )
+    return list(zip(*columns, strict=True)) if columns else [() for _ in range(table.num_rows)]
 
 
 def _column_values(column: pa.ChunkedArray) -> list[JsonValue]:
@@ -175,9 +152,7 @@ def _scalar(value: object) -> JsonValue:
     if isinstance(value, date | time):
         return value.isoformat()
     if isinstance(value, timedelta):
-        return _iso_duration(
-            0, value.days, value.seconds * 10**9 + value.microseconds * 1000
-        )
+        return _iso_duration(0, value.days, value.seconds * 10**9 + value.microseconds * 1000)
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii")
     if isinstance(value, pa.MonthDayNano):
