@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import urllib.request
+from pathlib import Path
 
-from harness import MallardServer, wait_for_rows
+from harness import MallardServer, query, start_server, wait_for_rows
 
 
 def test_serve_takes_http_protobuf_and_drains(server: MallardServer) -> None:
@@ -25,3 +26,35 @@ def test_serve_takes_http_protobuf_and_drains(server: MallardServer) -> None:
     rows = wait_for_rows(server.data, "select name, duration from spans", 1)
     assert rows.to_pylist() == [{"name": "smoke", "duration": 500_000_000}]
     assert server.stop() == 0
+
+
+def test_self_metrics_land_in_the_store(tmp_path: Path) -> None:
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    running = start_server(tmp_path / "data", "--flush-interval", "0.2", "--self-metrics-interval", "0.3")
+    try:
+        request = ExportLogsServiceRequest()
+        records = request.resource_logs.add().scope_logs.add().log_records
+        for i in range(3):
+            records.add(time_unix_nano=1_700_000_000_000_000_000 + i).body.string_value = f"line {i}"
+        urllib.request.urlopen(
+            urllib.request.Request(
+                f"{running.http_endpoint}/v1/logs",
+                data=request.SerializeToString(),
+                headers={"Content-Type": "application/x-protobuf"},
+            )
+        )
+        sql = (
+            "select value from metrics where service_name = 'mallard' and "
+            "metric_name = 'mallard_accepted_items_total' and attributes['signal'] = 'logs' and value >= 3"
+        )
+        rows = wait_for_rows(running.data, sql, 1)
+        assert rows.num_rows >= 1
+        gauges = query(
+            running.data,
+            "select distinct metric_name from metrics where metric_type = 'gauge' "
+            "and service_name = 'mallard'",
+        )
+        assert {"mallard_queue_bytes", "mallard_wal_bytes"} <= set(gauges.column(0).to_pylist())
+    finally:
+        running.stop()

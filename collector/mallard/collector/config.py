@@ -75,6 +75,16 @@ SETTINGS: Final = (
     Setting(name="max_decompressed_bytes", parse=parse_size, help="largest body after gzip (413 above)"),
     Setting(name="max_attributes", parse=int, help="attributes per item; items above are rejected"),
     Setting(name="max_attribute_depth", parse=int, help="nesting depth of array/kvlist values"),
+    Setting(
+        name="max_concurrent_requests",
+        parse=int,
+        help="requests a worker handles at once; more get RESOURCE_EXHAUSTED/503",
+    ),
+    Setting(
+        name="self_metrics_interval",
+        parse=float,
+        help="seconds between writes of the collector's own metrics to the store (0: off)",
+    ),
     Setting(name="auth_token", parse=_text_or_none, help="bearer token both receivers require"),
     Setting(name="tls_cert", parse=_path_or_none, help="PEM certificate: serve both receivers over TLS"),
     Setting(name="tls_key", parse=_path_or_none, help="PEM private key for --tls-cert"),
@@ -99,6 +109,8 @@ class CollectorConfig:
     max_decompressed_bytes: int = 64 << 20
     max_attributes: int = 1024
     max_attribute_depth: int = 16
+    max_concurrent_requests: int = 128
+    self_metrics_interval: float = 15.0
     auth_token: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -123,7 +135,7 @@ class CollectorConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
-        if self.flush_interval <= 0:
+        if not self.flush_interval > 0:  # also refuses nan
             raise ConfigError(f"flush_interval must be positive, not {self.flush_interval}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_cert and tls_key go together")

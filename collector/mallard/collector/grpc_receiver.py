@@ -63,9 +63,11 @@ def create_grpc_server(
     max_request_bytes: int,
     auth_token: str | None,
     reuse_port: bool,
+    max_concurrent_requests: int,
 ) -> grpc.aio.Server:
     """A server with the three OTLP services registered; the caller adds ports and starts it."""
     server = grpc.aio.server(
+        maximum_concurrent_rpcs=max_concurrent_requests,  # beyond it grpc answers RESOURCE_EXHAUSTED
         options=[
             ("grpc.max_receive_message_length", max_request_bytes),
             # several workers share a port only when asked; otherwise a taken port is an error

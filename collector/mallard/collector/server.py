@@ -11,6 +11,7 @@ import contextlib
 import logging
 import shutil
 import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ from mallard.collector.grpc_receiver import create_grpc_server
 from mallard.collector.http_receiver import OtlpHttpApp
 from mallard.collector.ingest import Ingest
 from mallard.collector.recovery import recover
-from mallard.collector.telemetry import SelfMetrics
+from mallard.collector.telemetry import SelfMetrics, to_otlp
 from mallard.collector.wal import FsyncMode, WriteAheadLog
 from mallard.storage.layout import wal_dir
 from mallard.storage.schema import TABLES
@@ -141,6 +142,7 @@ async def run_worker(
         max_request_bytes=config.max_request_bytes,
         auth_token=config.auth_token,
         reuse_port=reuse_port,
+        max_concurrent_requests=config.max_concurrent_requests,
     )
     address = f"{config.host}:{config.grpc_port}"
     if config.tls_cert is not None and config.tls_key is not None:
@@ -169,6 +171,7 @@ async def run_worker(
             ssl_certfile=str(config.tls_cert) if config.tls_cert else None,
             ssl_keyfile=str(config.tls_key) if config.tls_key else None,
             timeout_graceful_shutdown=10,
+            limit_concurrency=config.max_concurrent_requests,
         )
     )
     await grpc_server.start()
@@ -178,9 +181,11 @@ async def run_worker(
     if http_task.done():
         await http_task  # raises what made it fail
     on_ready(BoundPorts(grpc=grpc_port, http=http_socket.getsockname()[1]))
+    reporter = asyncio.create_task(_report_self_metrics(config, writer, metrics, ingest))
     try:
         await stop.wait()
     finally:
+        reporter.cancel()
         logger.info("draining %s", writer)
         http_server.should_exit = True
         await asyncio.gather(grpc_server.stop(grace=10), http_task, return_exceptions=True)
@@ -189,3 +194,25 @@ async def run_worker(
         batcher.close()
         wal.release_upto(batcher.committed_lsn())
         logger.info("%s stopped: everything acknowledged is in Parquet", writer)
+
+
+async def _report_self_metrics(
+    config: CollectorConfig, writer: str, metrics: SelfMetrics, ingest: Ingest
+) -> None:
+    """Writes the worker's own counters into the store, through the same path as any export."""
+    if config.self_metrics_interval <= 0:
+        return
+    started = time.time_ns()
+    while True:
+        await asyncio.sleep(config.self_metrics_interval)
+        payload = to_otlp(
+            metrics,
+            service="mallard",
+            instance=f"{socket.gethostname()}/{writer}",
+            start_unix_nano=started,
+            now_unix_nano=time.time_ns(),
+        )
+        try:
+            await ingest.export("metrics", payload)
+        except Exception:  # overloaded or storage failing: skip this round, the counters keep counting
+            logger.warning("could not write self-metrics this round", exc_info=True)
