@@ -507,8 +507,8 @@ def test_points_over_limits_or_with_malformed_exemplar_ids_are_rejected() -> Non
     where = "resource_metrics[0].scope_metrics[0].metrics"
     assert message == (
         f"rejected 3: {where}[0].sum.data_points[0]: 3 attributes, more than the limit of 2;"
-        f" {where}[0].sum.data_points[1]: exemplars[1] id 3 bytes, expected 16;"
-        f" {where}[1].histogram.data_points[0]: exemplars[0] id 9 bytes, expected 8"
+        f" {where}[0].sum.data_points[1]: exemplars[1].trace_id 3 bytes, expected 16;"
+        f" {where}[1].histogram.data_points[0]: exemplars[0].span_id 9 bytes, expected 8"
     )
 
 
@@ -540,10 +540,19 @@ def test_malformed_bytes_are_a_permanent_error() -> None:
         metrics_to_arrow(b"\x0a\xff\xff\xff")
 
 
-def test_counts_beyond_int64_are_a_permanent_error() -> None:
+@pytest.mark.parametrize(
+    ("point", "column"),
+    [
+        (HistogramDataPoint(bucket_counts=[2**64 - 1]), "bucket_counts"),
+        (HistogramDataPoint(count=2**63), "count"),
+        (HistogramDataPoint(time_unix_nano=2**64 - 1), "time_unix_nano"),
+        (HistogramDataPoint(exemplars=[Exemplar(time_unix_nano=2**63)]), "exemplars.time_unix_nano"),
+    ],
+)
+def test_values_beyond_int64_are_a_permanent_error(point: HistogramDataPoint, column: str) -> None:
     metric = Metric(name="h")
-    metric.histogram.data_points.append(HistogramDataPoint(bucket_counts=[2**64 - 1]))
-    with pytest.raises(PermanentError, match=r"^bucket_counts out of range"):
+    metric.histogram.data_points.append(point)
+    with pytest.raises(PermanentError, match=rf"^{column} out of range"):
         metrics_to_arrow(request(metric).SerializeToString())
 
 

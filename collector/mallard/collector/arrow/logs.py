@@ -35,16 +35,7 @@ if TYPE_CHECKING:
     from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 _DEFAULT_LIMITS: Final = Limits()
-_MAPS: Final = frozenset(
-    {
-        "attributes",
-        "attribute_types",
-        "resource_attributes",
-        "resource_attribute_types",
-    }
-)
-# Filled once per scope for all of its records.
-_SCOPE_LEVEL: Final = ("service_name", "scope_name", "scope_version")
+_MAPS: Final = frozenset({"attributes", "attribute_types", "resource_attributes", "resource_attribute_types"})
 
 
 class _LogColumns:
@@ -79,10 +70,7 @@ class _LogColumns:
 
 
 def logs_to_arrow(
-    payload: bytes,
-    *,
-    limits: Limits = _DEFAULT_LIMITS,
-    received_unix_nano: int = 0,
+    payload: bytes, *, limits: Limits = _DEFAULT_LIMITS, received_unix_nano: int = 0
 ) -> Converted:
     """Converts an OTLP logs export request; malformed protobuf raises PermanentError.
 
@@ -116,10 +104,7 @@ def logs_to_arrow(
             context = (resource_row, service, scope.name, scope.version)
             cols.close_scope(len(records) - len(rejected), context)
     return Converted(
-        table="logs",
-        batch=cols.to_batch(),
-        rejected=rejections.count,
-        message=rejections.message(),
+        table="logs", batch=cols.to_batch(), rejected=rejections.count, message=rejections.message()
     )
 
 

@@ -8,7 +8,7 @@ for gauges and summaries, `is_monotonic` for all but sums.
 from __future__ import annotations
 
 from itertools import repeat
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import pyarrow as pa
 from google.protobuf.message import DecodeError
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     )
 
     _Point = NumberDataPoint | HistogramDataPoint | ExponentialHistogramDataPoint | SummaryDataPoint
-    _Path = tuple[int, int, int]  # indices of resource, scope and metric, for messages
+    _Path = tuple[int, int, int, str]  # resource, scope and metric index, metric type
 
 TEMPORALITIES: Final = ("unspecified", "delta", "cumulative")
 _DEFAULT_LIMITS: Final = Limits()
@@ -51,15 +51,8 @@ _SCALAR_LISTS: Final = (
     "positive_bucket_counts",
     "negative_bucket_counts",
 )
-_MAPS: Final = frozenset(
-    {
-        "attributes",
-        "attribute_types",
-        "resource_attributes",
-        "resource_attribute_types",
-    }
-)
-_NOT_SCALAR: Final = _MAPS | {"exemplars", "quantiles", *_SCALAR_LISTS}
+_MAPS: Final = {"attributes", "attribute_types", "resource_attributes", "resource_attribute_types"}
+_NOT_SCALAR: Final = frozenset({*_MAPS, "exemplars", "quantiles", *_SCALAR_LISTS})
 
 # Point columns each metric type fills; its rows hold NULL in the others. Besides these, every
 # point has its times, flags and attributes, and every row the columns of its metric.
@@ -87,25 +80,31 @@ _OPTIONAL: Final = frozenset().union(*_FILLS.values())
 
 
 class _Lists:
-    """Offsets and NULL flags of a LIST column built flat; its items live alongside."""
+    """Offsets and NULL rows of a LIST column built flat; its items live alongside."""
 
-    __slots__ = ("nulls", "offsets")
+    __slots__ = ("null_rows", "offsets")
 
     def __init__(self) -> None:
         self.offsets: list[int] = [0]
-        self.nulls: list[bool] = []
+        self.null_rows: list[int] = []
 
     def close(self, end: int) -> None:
         """Ends a row whose items run up to `end`."""
         self.offsets.append(end)
-        self.nulls.append(False)
 
     def add_nulls(self, rows: int) -> None:
-        self.offsets.extend(repeat(self.offsets[-1], rows))
-        self.nulls.extend(repeat(True, rows))
+        offsets = self.offsets
+        first = len(offsets) - 1
+        self.null_rows.extend(range(first, first + rows))
+        offsets.extend(repeat(offsets[-1], rows))
 
     def to_arrow(self, items: pa.Array) -> pa.Array:
-        mask = pa.array(self.nulls, pa.bool_()) if True in self.nulls else None
+        mask = None
+        if self.null_rows:
+            nulls = [False] * (len(self.offsets) - 1)
+            for row in self.null_rows:
+                nulls[row] = True
+            mask = pa.array(nulls, pa.bool_())
         offsets = pa.array(self.offsets, pa.int32())
         return pa.ListArray.from_arrays(offsets, items, mask=mask)
 
@@ -120,8 +119,9 @@ class _ScalarLists(_Lists):
         self.items: list[float] = []
 
     def add(self, items: Iterable[float]) -> None:
-        self.items.extend(items)
-        self.close(len(self.items))
+        values = self.items
+        values.extend(items)
+        self.offsets.append(len(values))
 
 
 class _Exemplars(_Lists):
@@ -145,9 +145,12 @@ class _Exemplars(_Lists):
         for i, exemplar in enumerate(exemplars):
             try:
                 trace_id = hex_id(exemplar.trace_id, 16, optional=True)
+            except ValueError as exc:
+                raise PermanentError(f"exemplars[{i}].trace_id {exc}") from None
+            try:
                 span_id = hex_id(exemplar.span_id, 8, optional=True)
             except ValueError as exc:
-                raise PermanentError(f"exemplars[{i}] id {exc}") from None
+                raise PermanentError(f"exemplars[{i}].span_id {exc}") from None
             render_into(exemplar.filtered_attributes, self.attributes, limits)
             time_ns = exemplar.time_unix_nano
             times.append(time_ns // 1000)
@@ -183,7 +186,7 @@ class _Exemplars(_Lists):
             elif field.name == "filtered_attribute_types":
                 children.append(types)
             else:
-                children.append(pa.array(self.fields[field.name], field.type))
+                children.append(_array(f"exemplars.{field.name}", self.fields[field.name], field.type))
         return self.to_arrow(pa.StructArray.from_arrays(children, fields=list(EXEMPLAR)))
 
 
@@ -205,20 +208,20 @@ class _Quantiles(_Lists):
         self.close(len(quantiles))
 
     def to_array(self) -> pa.Array:
-        children = [
-            pa.array(self.quantiles, pa.float64()),
-            pa.array(self.values, pa.float64()),
-        ]
+        children = [pa.array(self.quantiles, pa.float64()), pa.array(self.values, pa.float64())]
         return self.to_arrow(pa.StructArray.from_arrays(children, fields=list(QUANTILE)))
 
 
 class _MetricColumns:
-    """Column lists for the rows of one request."""
+    """Column lists for the rows of one request, and what was rejected."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.rejections = Rejections()
         self.scalars: dict[str, list[object]] = {n: [] for n in METRICS.names if n not in _NOT_SCALAR}
         self.lists = {name: _ScalarLists() for name in _SCALAR_LISTS}
         self.exemplars = _Exemplars()
+        self.exemplar_offsets = self.exemplars.offsets
         self.quantiles = _Quantiles()
         self.attributes = AttributeColumns()
         self.resources = AttributeColumns()  # one row per resource; `resource_rows` picks
@@ -234,23 +237,32 @@ class _MetricColumns:
             kind: [pads[name] for name in sorted(_OPTIONAL - fills)] for kind, fills in _FILLS.items()
         }
 
-    def admit(self, point: _Point, exemplars: Sequence[Exemplar] | None, limits: Limits) -> None:
-        """Appends the columns every point has; raises PermanentError, appending nothing."""
-        render_into(point.attributes, self.attributes, limits)
+    def admit(self, point: _Point, exemplars: Sequence[Exemplar] | None, path: _Path, index: int) -> bool:
+        """Appends the columns every point has, or rejects the point and appends nothing."""
         s = self.scalars
-        if exemplars is not None:
-            try:
-                self.exemplars.add(exemplars, limits)
-            except PermanentError:
-                self.attributes.truncate(len(s["time"]))
-                self.exemplars.undo()
-                raise
+        try:
+            render_into(point.attributes, self.attributes, self.limits)
+            if exemplars:
+                try:
+                    self.exemplars.add(exemplars, self.limits)
+                except PermanentError:
+                    self.attributes.truncate(len(s["time"]))
+                    self.exemplars.undo()
+                    raise
+            elif exemplars is not None:  # a point type with exemplars, none sent
+                self.exemplar_offsets.append(self.exemplar_offsets[-1])
+        except PermanentError as exc:
+            ri, si, mi, kind = path
+            where = f"resource_metrics[{ri}].scope_metrics[{si}].metrics[{mi}].{kind}.data_points[{index}]"
+            self.rejections.add(where, str(exc))
+            return False
         time_ns, start_ns = point.time_unix_nano, point.start_time_unix_nano
         s["time"].append(time_ns // 1000)
         s["start_time"].append(start_ns // 1000 if start_ns else None)
         s["time_unix_nano"].append(time_ns)
         s["start_time_unix_nano"].append(start_ns)
         s["flags"].append(point.flags)
+        return True
 
     def close_metric(self, metric: Metric, kind: str, rows: int, context: tuple[int, str, str, str]) -> None:
         """Fills the metric's and the NULL columns of the `rows` points just admitted."""
@@ -284,22 +296,23 @@ class _MetricColumns:
     def to_batch(self) -> pa.RecordBatch:
         arrays: dict[str, pa.Array] = {}
         for name, values in self.scalars.items():
-            try:
-                arrays[name] = pa.array(values, METRICS.field(name).type)
-            except (OverflowError, pa.ArrowInvalid) as exc:
-                raise PermanentError(f"{name} out of range: {exc}") from None
+            arrays[name] = _array(name, values, METRICS.field(name).type)
         for name, column in self.lists.items():
-            item_type = METRICS.field(name).type.value_type
-            try:
-                arrays[name] = column.to_arrow(pa.array(column.items, item_type))
-            except (OverflowError, pa.ArrowInvalid) as exc:
-                raise PermanentError(f"{name} out of range: {exc}") from None
+            arrays[name] = column.to_arrow(_array(name, column.items, METRICS.field(name).type.value_type))
         arrays["exemplars"] = self.exemplars.to_array()
         arrays["quantiles"] = self.quantiles.to_array()
         arrays["attributes"], arrays["attribute_types"] = self.attributes.to_arrow()
         resources = self.resources.to_arrow(self.resource_rows)
         arrays["resource_attributes"], arrays["resource_attribute_types"] = resources
         return pa.RecordBatch.from_arrays([arrays[name] for name in METRICS.names], schema=METRICS)
+
+
+def _array(name: str, values: Sequence[object], typ: pa.DataType) -> pa.Array:
+    """`values` as an Arrow array; a fixed64 beyond int64 is bad input."""
+    try:
+        return pa.array(values, typ)
+    except (OverflowError, pa.ArrowInvalid) as exc:
+        raise PermanentError(f"{name} out of range: {exc}") from None
 
 
 def _padder(column: list[object]) -> Callable[[int], None]:
@@ -314,10 +327,7 @@ def _temporality(value: int) -> str:
 
 
 def metrics_to_arrow(
-    payload: bytes,
-    *,
-    limits: Limits = _DEFAULT_LIMITS,
-    received_unix_nano: int = 0,
+    payload: bytes, *, limits: Limits = _DEFAULT_LIMITS, received_unix_nano: int = 0
 ) -> Converted:
     """Converts an OTLP metrics export request; malformed protobuf raises PermanentError.
 
@@ -330,20 +340,15 @@ def metrics_to_arrow(
         request = ExportMetricsServiceRequest.FromString(payload)
     except DecodeError as exc:
         raise PermanentError(f"malformed protobuf ExportMetricsServiceRequest: {exc}") from None
-    cols = _MetricColumns()
-    rejections = Rejections()
+    cols = _MetricColumns(limits)
+    rejections = cols.rejections
     for ri, resource_metrics in enumerate(request.resource_metrics):
         try:
-            found = render_into(
-                resource_metrics.resource.attributes,
-                cols.resources,
-                limits,
-                SERVICE_KEY,
-            )
+            found = render_into(resource_metrics.resource.attributes, cols.resources, limits, SERVICE_KEY)
         except PermanentError as exc:
             for scope_metrics in resource_metrics.scope_metrics:
                 for metric in scope_metrics.metrics:
-                    for _ in _points_of(metric):
+                    for _ in _points_of(metric, metric.WhichOneof("data")):
                         rejections.add(f"resource_metrics[{ri}].resource", str(exc))
             continue
         resource_row = cols.resources.rows - 1
@@ -353,70 +358,39 @@ def metrics_to_arrow(
             context = (resource_row, service, scope.name, scope.version)
             for mi, metric in enumerate(scope_metrics.metrics):
                 kind = metric.WhichOneof("data")
-                if kind is None:
+                points = _points_of(metric, kind)
+                if kind is None or not points:
                     continue
                 if not metric.name:
                     where = f"resource_metrics[{ri}].scope_metrics[{si}].metrics[{mi}]"
-                    for _ in _points_of(metric):
+                    for _ in points:
                         rejections.add(where, "metric without a name")
                     continue
-                path = (ri, si, mi)
-                rows = _APPEND_POINTS[kind](cols, metric, limits, rejections, path)
+                rows = _APPEND_POINTS[kind](cols, points, (ri, si, mi, kind))
                 if rows:
                     cols.close_metric(metric, kind, rows, context)
     return Converted(
-        table="metrics",
-        batch=cols.to_batch(),
-        rejected=rejections.count,
-        message=rejections.message(),
+        table="metrics", batch=cols.to_batch(), rejected=rejections.count, message=rejections.message()
     )
 
 
-def _points_of(metric: Metric) -> Sequence[_Point]:
-    kind = metric.WhichOneof("data")
-    if kind == "gauge":
-        return metric.gauge.data_points
-    if kind == "sum":
-        return metric.sum.data_points
-    if kind == "histogram":
-        return metric.histogram.data_points
-    if kind == "exponential_histogram":
-        return metric.exponential_histogram.data_points
-    if kind == "summary":
-        return metric.summary.data_points
-    return ()
+def _points_of(metric: Metric, kind: str | None) -> Sequence[_Point]:
+    return () if kind is None else getattr(metric, kind).data_points
 
 
-def _reject(rejections: Rejections, path: _Path, kind: str, index: int, exc: PermanentError) -> None:
-    ri, si, mi = path
-    where = f"resource_metrics[{ri}].scope_metrics[{si}].metrics[{mi}].{kind}"
-    rejections.add(f"{where}.data_points[{index}]", str(exc))
-
-
-def _append_numbers(
-    cols: _MetricColumns,
-    metric: Metric,
-    limits: Limits,
-    rejections: Rejections,
-    path: _Path,
-) -> int:
+def _append_numbers(cols: _MetricColumns, points: Sequence[NumberDataPoint], path: _Path) -> int:
     """Appends the points of a gauge or sum; returns how many were admitted."""
-    kind = "gauge" if metric.HasField("gauge") else "sum"
-    points = metric.gauge.data_points if kind == "gauge" else metric.sum.data_points
     admit = cols.admit
     values, value_ints = cols.scalars["value"], cols.scalars["value_int"]
     admitted = 0
-    for pi, point in enumerate(points):
-        try:
-            admit(point, point.exemplars, limits)
-        except PermanentError as exc:
-            _reject(rejections, path, kind, pi, exc)
+    for index, point in enumerate(points):
+        if not admit(point, point.exemplars, path, index):
             continue
-        value_kind = point.WhichOneof("value")
-        if value_kind == "as_double":
+        kind = point.WhichOneof("value")
+        if kind == "as_double":
             values.append(point.as_double)
             value_ints.append(None)
-        elif value_kind == "as_int":
+        elif kind == "as_int":
             number = point.as_int
             values.append(float(number))
             value_ints.append(number)
@@ -427,24 +401,15 @@ def _append_numbers(
     return admitted
 
 
-def _append_histograms(
-    cols: _MetricColumns,
-    metric: Metric,
-    limits: Limits,
-    rejections: Rejections,
-    path: _Path,
-) -> int:
+def _append_histograms(cols: _MetricColumns, points: Sequence[HistogramDataPoint], path: _Path) -> int:
     """Appends the points of an explicit-bucket histogram; returns how many were admitted."""
     admit = cols.admit
     s = cols.scalars
     counts, sums, mins, maxes = s["count"], s["sum"], s["min"], s["max"]
     bucket_counts, bounds = cols.lists["bucket_counts"], cols.lists["explicit_bounds"]
     admitted = 0
-    for pi, point in enumerate(metric.histogram.data_points):
-        try:
-            admit(point, point.exemplars, limits)
-        except PermanentError as exc:
-            _reject(rejections, path, "histogram", pi, exc)
+    for index, point in enumerate(points):
+        if not admit(point, point.exemplars, path, index):
             continue
         counts.append(point.count)
         sums.append(point.sum if point.HasField("sum") else None)
@@ -457,30 +422,21 @@ def _append_histograms(
 
 
 def _append_exponential_histograms(
-    cols: _MetricColumns,
-    metric: Metric,
-    limits: Limits,
-    rejections: Rejections,
-    path: _Path,
+    cols: _MetricColumns, points: Sequence[ExponentialHistogramDataPoint], path: _Path
 ) -> int:
     """Appends the points of an exponential histogram; returns how many were admitted."""
     admit = cols.admit
     s = cols.scalars
     counts, sums, mins, maxes = s["count"], s["sum"], s["min"], s["max"]
-    scales, zero_counts, zero_thresholds = (
-        s["scale"],
-        s["zero_count"],
-        s["zero_threshold"],
-    )
+    scales, zero_counts, zero_thresholds = s["scale"], s["zero_count"], s["zero_threshold"]
     positive_offsets, negative_offsets = s["positive_offset"], s["negative_offset"]
-    positive_counts = cols.lists["positive_bucket_counts"]
-    negative_counts = cols.lists["negative_bucket_counts"]
+    positive_counts, negative_counts = (
+        cols.lists["positive_bucket_counts"],
+        cols.lists["negative_bucket_counts"],
+    )
     admitted = 0
-    for pi, point in enumerate(metric.exponential_histogram.data_points):
-        try:
-            admit(point, point.exemplars, limits)
-        except PermanentError as exc:
-            _reject(rejections, path, "exponential_histogram", pi, exc)
+    for index, point in enumerate(points):
+        if not admit(point, point.exemplars, path, index):
             continue
         counts.append(point.count)
         sums.append(point.sum if point.HasField("sum") else None)
@@ -498,23 +454,13 @@ def _append_exponential_histograms(
     return admitted
 
 
-def _append_summaries(
-    cols: _MetricColumns,
-    metric: Metric,
-    limits: Limits,
-    rejections: Rejections,
-    path: _Path,
-) -> int:
+def _append_summaries(cols: _MetricColumns, points: Sequence[SummaryDataPoint], path: _Path) -> int:
     """Appends the points of a summary; returns how many were admitted."""
     admit = cols.admit
-    counts, sums = cols.scalars["count"], cols.scalars["sum"]
-    quantiles = cols.quantiles
+    counts, sums, quantiles = cols.scalars["count"], cols.scalars["sum"], cols.quantiles
     admitted = 0
-    for pi, point in enumerate(metric.summary.data_points):
-        try:
-            admit(point, None, limits)
-        except PermanentError as exc:
-            _reject(rejections, path, "summary", pi, exc)
+    for index, point in enumerate(points):
+        if not admit(point, None, path, index):
             continue
         counts.append(point.count)
         sums.append(point.sum)
@@ -523,7 +469,7 @@ def _append_summaries(
     return admitted
 
 
-_APPEND_POINTS: Final[dict[str, Callable[[_MetricColumns, Metric, Limits, Rejections, _Path], int]]] = {
+_APPEND_POINTS: Final[dict[str, Callable[[_MetricColumns, Any, _Path], int]]] = {
     "gauge": _append_numbers,
     "sum": _append_numbers,
     "histogram": _append_histograms,
