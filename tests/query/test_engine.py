@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from mallard.query import QueryError, Store
 from mallard.storage.schema import SCHEMAS, TABLES
 
@@ -55,9 +56,7 @@ def describe(store: Store, table: str) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("table", TABLES)
-def test_a_store_with_no_directory_has_empty_typed_tables(
-    tmp_path: Path, table: str
-) -> None:
+def test_a_store_with_no_directory_has_empty_typed_tables(tmp_path: Path, table: str) -> None:
     with Store(tmp_path / "missing") as store:
         assert store.sql(f"SELECT count(*) AS n FROM {table}").to_pylist() == [{"n": 0}]
         names = [name for name, _ in describe(store, table)]
@@ -66,9 +65,7 @@ def test_a_store_with_no_directory_has_empty_typed_tables(
 
 def test_empty_spans_keep_their_arrow_types(tmp_path: Path) -> None:
     with Store(tmp_path) as store:
-        result = store.sql(
-            "SELECT trace_id, attributes, start_time, events, date, hour FROM spans"
-        )
+        result = store.sql("SELECT trace_id, attributes, start_time, events, date, hour FROM spans")
     assert result.num_rows == 0
     types = dict(zip(result.column_names, result.schema.types, strict=True))
     assert types["trace_id"] == pa.string()
@@ -80,9 +77,7 @@ def test_empty_spans_keep_their_arrow_types(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("table", TABLES)
-def test_empty_and_filled_tables_have_the_same_columns(
-    tmp_path: Path, table: str
-) -> None:
+def test_empty_and_filled_tables_have_the_same_columns(tmp_path: Path, table: str) -> None:
     with Store(tmp_path) as store:
         empty = describe(store, table)
         write_part(tmp_path, table, [{}])
@@ -137,16 +132,12 @@ def test_timestamps_are_shown_in_utc(tmp_path: Path) -> None:
         result = store.sql(
             "SELECT current_setting('TimeZone') AS zone, start_time::VARCHAR AS text FROM spans"
         )
-    assert result.to_pylist() == [
-        {"zone": "UTC", "text": "2026-11-22 10:15:00.123456+00"}
-    ]
+    assert result.to_pylist() == [{"zone": "UTC", "text": "2026-11-22 10:15:00.123456+00"}]
 
 
 def test_several_statements_return_the_last_result(tmp_path: Path) -> None:
     with Store(tmp_path) as store:
-        result = store.sql(
-            "CREATE TEMP TABLE t AS SELECT 41 AS x; SELECT x + 1 AS y FROM t"
-        )
+        result = store.sql("CREATE TEMP TABLE t AS SELECT 41 AS x; SELECT x + 1 AS y FROM t")
     assert result.to_pylist() == [{"y": 42}]
 
 
@@ -159,9 +150,7 @@ def test_several_statements_return_the_last_result(tmp_path: Path) -> None:
         ("SELECT 'x'::INTEGER", "Conversion Error"),
     ],
 )
-def test_bad_queries_raise_query_error_with_duckdbs_message(
-    tmp_path: Path, query: str, message: str
-) -> None:
+def test_bad_queries_raise_query_error_with_duckdbs_message(tmp_path: Path, query: str, message: str) -> None:
     with Store(tmp_path) as store, pytest.raises(QueryError, match=message):
         store.sql(query)
 

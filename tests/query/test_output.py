@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from mallard.query import (
     Store,
     add_sql_arguments,
@@ -64,14 +65,10 @@ def test_json_of_no_rows_is_an_empty_array() -> None:
 
 
 def test_json_renders_nested_and_special_values() -> None:
-    event = pa.struct(
-        [("time", pa.timestamp("us", tz="UTC")), ("attributes", ATTRIBUTES)]
-    )
+    event = pa.struct([("time", pa.timestamp("us", tz="UTC")), ("attributes", ATTRIBUTES)])
     table = pa.table(
         {
-            "events": pa.array(
-                [[{"time": MOMENT, "attributes": [("a", "1")]}]], pa.list_(event)
-            ),
+            "events": pa.array([[{"time": MOMENT, "attributes": [("a", "1")]}]], pa.list_(event)),
             "bounds": pa.array([[0.5, float("inf")]], pa.list_(pa.float64())),
             "x": pa.array([float("nan")], pa.float64()),
             "raw": pa.array([b"\x00\xff"], pa.binary()),
@@ -85,9 +82,7 @@ def test_json_renders_nested_and_special_values() -> None:
     )
     assert json.loads(format_json(table)) == [
         {
-            "events": [
-                {"time": "2026-11-22T10:00:00.123456Z", "attributes": {"a": "1"}}
-            ],
+            "events": [{"time": "2026-11-22T10:00:00.123456Z", "attributes": {"a": "1"}}],
             "bounds": [0.5, "Infinity"],
             "x": "NaN",
             "raw": base64.b64encode(b"\x00\xff").decode(),
@@ -108,9 +103,7 @@ def test_intervals_from_duckdb_are_iso_durations(tmp_path: Path) -> None:
             " INTERVAL 1 MONTH + INTERVAL 2 DAY AS m, INTERVAL 0 SECOND AS z,"
             " sum(x) AS total FROM range(3) AS t(x)"
         )
-    assert to_json_rows(table) == [
-        {"d": "PT1.5S", "m": "P1M2D", "z": "PT0S", "total": 3}
-    ]
+    assert to_json_rows(table) == [{"d": "PT1.5S", "m": "P1M2D", "z": "PT0S", "total": 3}]
 
 
 def test_csv_has_a_header_and_json_text_for_maps() -> None:
@@ -167,16 +160,12 @@ def write_spans(root: Path) -> None:
     directory = root / "v1" / "spans" / "date=2026-11-22" / "hour=10"
     directory.mkdir(parents=True)
     row: dict[str, object] = dict.fromkeys(SPANS.names)
-    row.update(
-        trace_id="4bf92f3577b34da6a3ce929d0e0e4736", attributes=[("http.route", "/")]
-    )
+    row.update(trace_id="4bf92f3577b34da6a3ce929d0e0e4736", attributes=[("http.route", "/")])
     table = pa.Table.from_pylist([row], schema=SPANS)
     pq.write_table(table, directory / "w0-0000000000000001-0000000000000001-ab.parquet")
 
 
-def test_sql_command_prints_json(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_sql_command_prints_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_spans(tmp_path)
     query = "SELECT trace_id, attributes FROM spans"
     status = run_sql(sql_args("--data", str(tmp_path), "--format", "json", query))
@@ -211,12 +200,8 @@ def test_sql_command_rejects_a_bad_query_on_one_line(
     assert err.count("\n") == 1
 
 
-def test_sql_command_warns_about_a_missing_store(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    status = run_sql(
-        sql_args("--data", str(tmp_path / "typo"), "SELECT count(*) AS n FROM logs")
-    )
+def test_sql_command_warns_about_a_missing_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status = run_sql(sql_args("--data", str(tmp_path / "typo"), "SELECT count(*) AS n FROM logs"))
     out, err = capsys.readouterr()
     assert status == 0
     assert out.splitlines()[-1] == "(1 row)"

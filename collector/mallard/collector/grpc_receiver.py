@@ -35,6 +35,7 @@ def _export_handler(ingest: Ingest, signal: str, token: str | None) -> Handler:
         if expected is not None:
             sent = dict(context.invocation_metadata() or ()).get("authorization", "")
             if not isinstance(sent, str) or not hmac.compare_digest(sent.encode(), expected.encode()):
+                ingest.refused(signal, "unauthenticated")
                 await _abort(context, unauthenticated())
         try:
             result = await ingest.export(signal, request)

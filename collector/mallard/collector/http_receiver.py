@@ -12,6 +12,7 @@ import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
+import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -64,17 +65,26 @@ class OtlpHttpApp:
         if signal is None:
             await _plain(send, 404, f"no OTLP endpoint at {path}: use /v1/traces, /v1/metrics or /v1/logs")
             return
-        if method != "POST":
-            await _plain(send, 405, "OTLP export takes POST", extra=[(b"allow", b"POST")])
-            return
         headers = dict(scope["headers"])
         content_type = headers.get(b"content-type", b"").split(b";")[0].strip().decode("latin-1").lower()
         as_json = content_type == JSON
+        if method != "POST":
+            wrong_method = Answer(
+                grpc_code=grpc.StatusCode.UNIMPLEMENTED,
+                http_status=405,
+                retry_after_s=None,
+                message=f"{method} {path}: OTLP export takes POST",
+                reason="method",
+            )
+            await self._error(send, wrong_method, as_json, extra=[(b"allow", b"POST")])
+            return
         if self._token is not None and not hmac.compare_digest(
             headers.get(b"authorization", b""), self._token
         ):
+            self._ingest.refused(signal, "unauthenticated")
             await self._error(send, unauthenticated(), as_json)
             return
+        payload: bytes | None = None  # set once decoded; from then on `Ingest` counts its own refusals
         try:
             if content_type not in (PROTOBUF, JSON):
                 raise UnsupportedMediaError(
@@ -86,9 +96,9 @@ class OtlpHttpApp:
         except Exception as exc:  # the request boundary: every failure becomes an OTLP answer
             if not isinstance(exc, PermanentError):
                 logger.debug("export failed", exc_info=True)
-            if isinstance(exc, PermanentError) and not isinstance(exc, UnsupportedMediaError | TooLargeError):
-                self._metrics.add("mallard_refused_requests_total", signal=signal, reason="invalid")
             answer = answer_for(exc)
+            if payload is None:  # refused before `Ingest`, which counts its own refusals
+                self._ingest.refused(signal, answer.reason)
             if answer.http_status == 500:
                 logger.exception("unexpected failure on %s", path)
             await self._error(send, answer, as_json)
@@ -147,8 +157,10 @@ class OtlpHttpApp:
                 send, 200, self._metrics.render_prometheus(), content_type=b"text/plain; version=0.0.4"
             )
 
-    async def _error(self, send: Send, answer: Answer, as_json: bool) -> None:
-        extra = []
+    async def _error(
+        self, send: Send, answer: Answer, as_json: bool, *, extra: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        extra = list(extra or [])
         if answer.retry_after_s is not None:
             extra.append((b"retry-after", str(answer.retry_after_s).encode()))
         await _message(send, answer.http_status, answer.rpc_status(), as_json, extra=extra)

@@ -51,6 +51,10 @@ class Ingest:
         self._storage_healthy = storage_healthy
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mallard-convert")
 
+    def refused(self, signal: str, reason: str) -> None:
+        """Counts a request a receiver refused before it reached `export` (auth, size, media type)."""
+        self._metrics.add("mallard_refused_requests_total", signal=signal, reason=reason)
+
     def queue_bytes(self) -> int:
         return self._buffered_bytes() + self._wal.pending_bytes
 

@@ -36,6 +36,7 @@ class Answer:
     http_status: int
     retry_after_s: int | None  # sent as RetryInfo (gRPC) and Retry-After (HTTP) when set
     message: str
+    reason: str  # the `reason` label of mallard_refused_requests_total
 
     def rpc_status(self) -> status_pb2.Status:
         """The google.rpc.Status both transports carry (HTTP body; gRPC status details)."""
@@ -55,15 +56,27 @@ def answer_for(error: BaseException) -> Answer:
     message = str(error) or type(error).__name__
     if isinstance(error, TooLargeError):
         return Answer(
-            grpc_code=grpc.StatusCode.INVALID_ARGUMENT, http_status=413, retry_after_s=None, message=message
+            grpc_code=grpc.StatusCode.INVALID_ARGUMENT,
+            http_status=413,
+            retry_after_s=None,
+            message=message,
+            reason="too_large",
         )
     if isinstance(error, UnsupportedMediaError):
         return Answer(
-            grpc_code=grpc.StatusCode.INVALID_ARGUMENT, http_status=415, retry_after_s=None, message=message
+            grpc_code=grpc.StatusCode.INVALID_ARGUMENT,
+            http_status=415,
+            retry_after_s=None,
+            message=message,
+            reason="unsupported_media",
         )
     if isinstance(error, PermanentError):
         return Answer(
-            grpc_code=grpc.StatusCode.INVALID_ARGUMENT, http_status=400, retry_after_s=None, message=message
+            grpc_code=grpc.StatusCode.INVALID_ARGUMENT,
+            http_status=400,
+            retry_after_s=None,
+            message=message,
+            reason="invalid",
         )
     if isinstance(error, OverloadedError):
         return Answer(
@@ -71,6 +84,7 @@ def answer_for(error: BaseException) -> Answer:
             http_status=429,
             retry_after_s=RETRY_AFTER_S,
             message=message,
+            reason="overloaded",
         )
     if isinstance(error, StorageUnavailableError):
         return Answer(
@@ -78,12 +92,14 @@ def answer_for(error: BaseException) -> Answer:
             http_status=503,
             retry_after_s=RETRY_AFTER_S,
             message=message,
+            reason="unavailable",
         )
     return Answer(
         grpc_code=grpc.StatusCode.INTERNAL,
         http_status=500,
         retry_after_s=None,
         message=f"internal error: {message}",
+        reason="internal",
     )
 
 
@@ -93,4 +109,5 @@ def unauthenticated() -> Answer:
         http_status=401,
         retry_after_s=None,
         message="missing or wrong bearer token",
+        reason="unauthenticated",
     )
