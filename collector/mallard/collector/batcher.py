@@ -41,14 +41,26 @@ class BatcherSettings:
     retry_interval_s: float = 1.0
 
 
+Entries = list[tuple[int, pa.RecordBatch]]
+
+
 @dataclass(slots=True)
 class _Buffer:
-    entries: list[tuple[int, pa.RecordBatch]] = field(default_factory=list)
+    entries: Entries = field(default_factory=list)
     rows: int = 0
     bytes: int = 0
     since: float = 0.0
-    in_flight: int = 0  # first LSN of the flush being written, 0 when none
+    # A flush being written, or one that failed and will be retried exactly as it was: the same
+    # entries, so the same WAL range, so the sink can skip the partitions it already committed.
+    flushing: Entries = field(default_factory=list)
+    flushing_bytes: int = 0
+    in_flight: bool = False
     failing_until: float = 0.0
+
+    def first_pending_lsn(self) -> int | None:
+        if self.flushing:
+            return self.flushing[0][0]
+        return self.entries[0][0] if self.entries else None
 
 
 class Batcher:
@@ -107,14 +119,16 @@ class Batcher:
     def committed_lsn(self) -> int:
         """Every WAL record at or below this LSN is in Parquet."""
         with self._cond:
-            firsts = [
-                b.in_flight or b.entries[0][0] for b in self._buffers.values() if b.in_flight or b.entries
-            ]
+            firsts = [lsn for b in self._buffers.values() if (lsn := b.first_pending_lsn()) is not None]
             return (min(firsts) if firsts else self._last_accepted + 1) - 1
 
     def _due(self, now: float) -> str | None:
         for table, buffer in self._buffers.items():
-            if not buffer.entries or buffer.in_flight or now < buffer.failing_until:
+            if buffer.in_flight or now < buffer.failing_until:
+                continue
+            if buffer.flushing:  # a failed flush whose retry time has come
+                return table
+            if not buffer.entries:
                 continue
             if (
                 self._closing
@@ -130,25 +144,25 @@ class Batcher:
             with self._cond:
                 table = self._due(time.monotonic())
                 while table is None:
-                    if self._closing and not any(b.entries for b in self._buffers.values()):
+                    if self._closing and not any(b.entries or b.flushing for b in self._buffers.values()):
                         return
                     self._cond.wait(0.05)
                     table = self._due(time.monotonic())
                     if self._closing and table is None and self._failing_only():
                         return
                 buffer = self._buffers[table]
-                entries, size = buffer.entries, buffer.bytes
-                buffer.entries, buffer.rows, buffer.bytes = [], 0, 0
-                buffer.in_flight = entries[0][0]
+                if not buffer.flushing:
+                    buffer.flushing, buffer.flushing_bytes = buffer.entries, buffer.bytes
+                    buffer.entries, buffer.rows, buffer.bytes = [], 0, 0
+                buffer.in_flight = True
+                entries = buffer.flushing
             ok = self._flush(table, entries)
             with self._cond:
-                buffer.in_flight = 0
+                buffer.in_flight = False
                 if ok:
-                    self._buffered_bytes -= size
-                else:  # keep the rows, in order, ahead of what arrived meanwhile
-                    buffer.entries = entries + buffer.entries
-                    buffer.rows = sum(b.num_rows for _, b in buffer.entries)
-                    buffer.bytes += size
+                    self._buffered_bytes -= buffer.flushing_bytes
+                    buffer.flushing, buffer.flushing_bytes = [], 0
+                else:
                     buffer.failing_until = time.monotonic() + self._settings.retry_interval_s
             if ok:
                 self._on_committed(self.committed_lsn())
@@ -156,7 +170,9 @@ class Batcher:
     def _failing_only(self) -> bool:
         """While closing: every table with rows has just failed (give up instead of spinning)."""
         now = time.monotonic()
-        return all(not b.entries or now < b.failing_until for b in self._buffers.values())
+        return all(
+            (not b.entries and not b.flushing) or now < b.failing_until for b in self._buffers.values()
+        )
 
     def _flush(self, table: str, entries: list[tuple[int, pa.RecordBatch]]) -> bool:
         started = time.monotonic()

@@ -82,7 +82,11 @@ class ParquetSink:
         first_lsn: int,
         last_lsn: int,
     ) -> list[Path]:
-        """Commits `batches`; returns the committed paths. Raises StorageError, leaving no partial file."""
+        """Commits `batches`; returns the paths written. Raises StorageError, leaving no partial file.
+
+        Idempotent for a retried flush: a partition that already holds this writer's file for exactly
+        this WAL range (an earlier attempt committed it before failing on another) is skipped.
+        """
         data = pa.Table.from_batches(batches, schema=schema_for(table))
         committed: list[Path] = []
         name = part_file_name(
@@ -94,6 +98,9 @@ class ParquetSink:
             b"mallard.wal_range": f"{first_lsn}-{last_lsn}".encode(),
         }
         for partition, rows in split_by_hour(table, data):
+            final_dir = self.root / partition.relative_dir()
+            if any(final_dir.glob(f"{writer}-{first_lsn:016d}-{last_lsn:016d}-*.parquet")):
+                continue
             ordered = rows.sort_by(SORT_KEYS[table]).replace_schema_metadata(metadata)
             committed.append(self._commit(partition, ordered, name))
         return committed
@@ -124,7 +131,7 @@ class ParquetSink:
             os.rename(tmp, final)
             if self.settings.fsync:
                 _fsync_dir(final_dir)
-        except OSError as exc:
+        except (OSError, pa.ArrowException) as exc:
             tmp.unlink(missing_ok=True)
             raise StorageError(f"could not commit {partition.relative_dir()}/{name}: {exc}") from exc
         return final
