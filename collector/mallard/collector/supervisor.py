@@ -39,17 +39,41 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=_LOG_FORMAT)
 
 
-async def _serve_here(config: CollectorConfig, index: int, on_ready: Callable[[BoundPorts], None]) -> None:
+async def _serve_here(
+    config: CollectorConfig,
+    index: int,
+    on_ready: Callable[[BoundPorts], None],
+    *,
+    parent_sentinel: int | None = None,
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if parent_sentinel is not None:
+
+        def supervisor_gone() -> None:
+            loop.remove_reader(parent_sentinel)
+            logger.error("the supervisor is gone (killed?): w%d drains and exits", index)
+            stop.set()
+
+        # readable once the supervisor has exited, even by kill -9: an orphan must not serve on beside
+        # the workers of a restarted collector, on the same ports and the same WAL
+        loop.add_reader(parent_sentinel, supervisor_gone)
     await run_worker(config, index=index, stop=stop, on_ready=on_ready)
 
 
 def _worker_main(config: CollectorConfig, index: int, ready: Any) -> None:
     configure_logging(config.log_level)
-    asyncio.run(_serve_here(config, index, lambda ports: ready.put((index, ports.grpc, ports.http))))
+    parent = multiprocessing.parent_process()
+    asyncio.run(
+        _serve_here(
+            config,
+            index,
+            lambda ports: ready.put((index, ports.grpc, ports.http)),
+            parent_sentinel=parent.sentinel if parent is not None else None,
+        )
+    )
 
 
 def _reserve_port(host: str, port: int) -> socket.socket:

@@ -261,6 +261,7 @@ class WriteAheadLog:
         if self._fd >= 0:
             os.fsync(self._fd)
             os.close(self._fd)
+            self._fd = -1  # if the open below fails, the next write rolls again (no stale descriptor)
         path = self.directory / f"{self.next_lsn:016d}{_SUFFIX}"
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._size = 0
