@@ -5,7 +5,7 @@ from __future__ import annotations
 import urllib.request
 from pathlib import Path
 
-from harness import MallardServer, query, start_server, wait_for_rows
+from harness import MallardServer, query, run_cli, start_server, wait_for_rows
 
 
 def test_serve_takes_http_protobuf_and_drains(server: MallardServer) -> None:
@@ -58,3 +58,24 @@ def test_self_metrics_land_in_the_store(tmp_path: Path) -> None:
         assert {"mallard_queue_bytes", "mallard_wal_bytes"} <= set(gauges.column(0).to_pylist())
     finally:
         running.stop()
+
+
+def test_a_second_server_on_the_same_store_is_refused(server: MallardServer) -> None:
+    done = run_cli(
+        [
+            "serve",
+            "--data",
+            str(server.data),
+            "--grpc-port",
+            "0",
+            "--http-port",
+            "0",
+            "--wal-lock-timeout",
+            "0.5",
+        ]
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("mallard serve: error: ")
+    assert "in use by another mallard process" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert server.process.poll() is None  # the first one serves on

@@ -165,7 +165,10 @@ class Batcher:
                 else:
                     buffer.failing_until = time.monotonic() + self._settings.retry_interval_s
             if ok:
-                self._on_committed(self.committed_lsn())
+                try:
+                    self._on_committed(self.committed_lsn())
+                except Exception:  # e.g. a WAL segment that cannot be deleted: retried after the next flush
+                    logger.exception("releasing committed WAL segments failed")
 
     def _failing_only(self) -> bool:
         """While closing: every table with rows has just failed (give up instead of spinning)."""

@@ -63,6 +63,11 @@ SETTINGS: Final = (
         help="always: fsync before every ack (group commit); interval: every 200 ms; never",
     ),
     Setting(name="wal_segment_bytes", parse=parse_size, help="size at which a WAL segment is closed"),
+    Setting(
+        name="wal_lock_timeout",
+        parse=float,
+        help="seconds a worker waits for another process to release its WAL before failing",
+    ),
     Setting(name="flush_interval", parse=float, help="seconds rows wait at most before a Parquet flush"),
     Setting(name="flush_rows", parse=int, help="rows of one table that trigger a flush"),
     Setting(name="flush_bytes", parse=parse_size, help="Arrow bytes of one table that trigger a flush"),
@@ -101,6 +106,7 @@ class CollectorConfig:
     workers: int = 1
     wal_fsync: str = "always"
     wal_segment_bytes: int = 64 << 20
+    wal_lock_timeout: float = 30.0
     flush_interval: float = 2.0
     flush_rows: int = 250_000
     flush_bytes: int = 64 << 20
@@ -131,12 +137,16 @@ class CollectorConfig:
             "max_decompressed_bytes",
             "max_attributes",
             "max_attribute_depth",
+            "max_concurrent_requests",
         )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
         if not self.flush_interval > 0:  # also refuses nan
             raise ConfigError(f"flush_interval must be positive, not {self.flush_interval}")
+        for name in ("self_metrics_interval", "wal_lock_timeout"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be 0 or more, not {getattr(self, name)}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_cert and tls_key go together")
         for setting in SETTINGS:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import socket
 import time
@@ -26,7 +27,7 @@ from mallard.collector.http_receiver import OtlpHttpApp
 from mallard.collector.ingest import Ingest
 from mallard.collector.recovery import recover
 from mallard.collector.telemetry import SelfMetrics, to_otlp
-from mallard.collector.wal import FsyncMode, WriteAheadLog
+from mallard.collector.wal import FsyncMode, WriteAheadLog, lock_directory
 from mallard.storage.layout import wal_dir
 from mallard.storage.schema import TABLES
 from mallard.storage.writer import ParquetSettings, ParquetSink, clean_tmp
@@ -66,6 +67,7 @@ def _adopt_orphans(config: CollectorConfig, index: int, sink: ParquetSink, limit
         suffix = directory.name[1:]
         if not suffix.isdigit() or int(suffix) < config.workers or int(suffix) % config.workers != index:
             continue
+        lock = lock_directory(directory, timeout_s=config.wal_lock_timeout)
         orphan = WriteAheadLog(directory, fsync="never", on_commit=lambda *_: None)
         report = recover(
             orphan,
@@ -77,6 +79,7 @@ def _adopt_orphans(config: CollectorConfig, index: int, sink: ParquetSink, limit
         )
         logger.info("adopted the WAL of %s: %d records", directory.name, report.records)
         shutil.rmtree(directory)
+        os.close(lock)
 
 
 async def run_worker(
@@ -87,8 +90,23 @@ async def run_worker(
     on_ready: Callable[[BoundPorts], None],
 ) -> None:
     """Recovers, serves until `stop` is set, then drains: every acknowledged row ends in Parquet."""
-    root = config.data
     writer = f"w{index}"
+    lock = lock_directory(wal_dir(config.data, writer), timeout_s=config.wal_lock_timeout)
+    try:
+        await _serve_locked(config, writer=writer, index=index, stop=stop, on_ready=on_ready)
+    finally:
+        os.close(lock)
+
+
+async def _serve_locked(
+    config: CollectorConfig,
+    *,
+    writer: str,
+    index: int,
+    stop: asyncio.Event,
+    on_ready: Callable[[BoundPorts], None],
+) -> None:
+    root = config.data
     metrics = SelfMetrics()
     limits = Limits(max_attributes=config.max_attributes, max_depth=config.max_attribute_depth)
     sink = ParquetSink(root, settings=ParquetSettings(fsync=config.wal_fsync != "never"))

@@ -11,10 +11,12 @@ Segments are named by the first log sequence number (LSN) they hold: `<first_lsn
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -32,6 +34,28 @@ _HEADER: Final = struct.Struct("<IIQQB")
 _CRC_FROM: Final = 8  # the crc covers lsn, received time, signal and payload
 _SUFFIX: Final = ".wal"
 _INTERVAL_S: Final = 0.2
+
+
+def lock_directory(directory: Path, *, timeout_s: float) -> int:
+    """Takes the exclusive lock of one writer's WAL (`<dir>/LOCK`); returns the descriptor to keep open.
+
+    Two processes must never append to or replay the same WAL: a second `mallard serve` on the same
+    data, or a restart while the old workers still drain, waits here and then fails with a clear error.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise StorageUnavailableError(
+                    f"{directory} is in use by another mallard process (its WAL lock is held)"
+                ) from None
+            time.sleep(0.1)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -251,6 +275,10 @@ class WriteAheadLog:
             pending.future.set_result(lsn)
 
     def _sync_if_due(self) -> None:
+        now = time.monotonic()
+        if now - self._last_sync < _INTERVAL_S:
+            return
+        self._last_sync = now
         try:
             os.fdatasync(self._fd)
         except OSError as exc:

@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> int:
     from mallard.collector.config import ConfigError, load_config
+    from mallard.collector.errors import CollectorError
     from mallard.collector.supervisor import configure_logging, serve
 
     try:
@@ -56,7 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         return serve(config, announce=announce)
-    except OSError as exc:
+    except (OSError, CollectorError) as exc:
         print(f"mallard serve: error: {exc}", file=sys.stderr)
         return 1
 
