@@ -15,6 +15,8 @@ from mallard.collector.telemetry import SelfMetrics
 from mallard.collector.wal import WriteAheadLog
 
 RETRY_AFTER_S: Final = 1
+# rough size of the converted rows per byte of OTLP protobuf (measured ~2x on the ingest benchmark)
+ARROW_BYTES_PER_PROTOBUF_BYTE: Final = 2
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,6 +51,7 @@ class Ingest:
         self._max_queue_bytes = max_queue_bytes
         self._buffered_bytes = buffered_bytes
         self._storage_healthy = storage_healthy
+        self._admitted_bytes = 0  # changed only on the event loop
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mallard-convert")
 
     def refused(self, signal: str, reason: str) -> None:
@@ -56,7 +59,8 @@ class Ingest:
         self._metrics.add("mallard_refused_requests_total", signal=signal, reason=reason)
 
     def queue_bytes(self) -> int:
-        return self._buffered_bytes() + self._wal.pending_bytes
+        """Acknowledged bytes not yet in Parquet, plus an estimate for requests admitted and in flight."""
+        return self._buffered_bytes() + self._wal.pending_bytes + self._admitted_bytes
 
     async def export(self, signal: str, payload: bytes) -> ExportResult:
         """Raises PermanentError, OverloadedError or StorageUnavailableError; see `status`."""
@@ -79,6 +83,15 @@ class Ingest:
             raise OverloadedError(
                 f"{self.queue_bytes()} bytes are waiting to be written: retry in {RETRY_AFTER_S}s"
             )
+        # reserve room at admission, so concurrent requests see each other before they are converted
+        reserved = ARROW_BYTES_PER_PROTOBUF_BYTE * len(payload)
+        self._admitted_bytes += reserved
+        try:
+            return await self._admitted(signal, payload)
+        finally:
+            self._admitted_bytes -= reserved
+
+    async def _admitted(self, signal: str, payload: bytes) -> ExportResult:
         received = time.time_ns()
         loop = asyncio.get_running_loop()
         converted: Converted = await loop.run_in_executor(
