@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import pyarrow as pa
@@ -26,6 +27,24 @@ STATUS_CODES: Final = ("UNSET", "OK", "ERROR")
 _PROMOTED_KEYS: Final = frozenset(k for _, keys in SPAN_PROMOTED.values() for k in keys)
 _PROMOTED_COLUMNS: Final = tuple(SPAN_PROMOTED)
 DEFAULT_LIMITS: Final = Limits()
+PURE_PYTHON_ENV: Final = "MALLARD_PURE_PYTHON"
+"""Set (to anything but 0) to convert with `spans_to_arrow_python` even where the native one is built."""
+
+_NativeConvert = Callable[[bytes, int, int], "tuple[pa.RecordBatch, int, str] | None"]
+
+
+def _load_native() -> _NativeConvert | None:
+    """The native converter (`_native_spans.c`, built by `hatch_build.py`), if built and wanted."""
+    if os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0"):
+        return None
+    try:
+        from mallard.collector.arrow import _native_spans
+    except ImportError:
+        return None
+    return _native_spans.convert
+
+
+_native_convert: Final = _load_native()
 
 
 def _enum_name(names: tuple[str, ...], value: int) -> str:
@@ -141,8 +160,22 @@ def spans_to_arrow(
 ) -> Converted:
     """Converts an OTLP trace export request; malformed protobuf raises PermanentError.
 
-    Spans with malformed ids or over the limits are rejected and counted, the rest kept.
+    Spans with malformed ids or over the limits are rejected and counted, the rest kept. The native
+    converter does the work where it is built (it returns None for the rare request it leaves to
+    Python); `spans_to_arrow_python` is the reference it is tested against.
     """
+    if _native_convert is not None:
+        done = _native_convert(payload, limits.max_attributes, limits.max_depth)
+        if done is not None:
+            batch, rejected, message = done
+            return Converted(table="spans", batch=batch, rejected=rejected, message=message)
+    return spans_to_arrow_python(payload, limits=limits, received_unix_nano=received_unix_nano)
+
+
+def spans_to_arrow_python(
+    payload: bytes, *, limits: Limits = DEFAULT_LIMITS, received_unix_nano: int = 0
+) -> Converted:
+    """`spans_to_arrow` in pure Python: the fallback, and the oracle of the native converter."""
     del received_unix_nano  # spans carry their own times
     try:
         request = ExportTraceServiceRequest.FromString(payload)
