@@ -27,6 +27,8 @@ STATUS_CODES: Final = ("UNSET", "OK", "ERROR")
 _PROMOTED_KEYS: Final = frozenset(k for _, keys in SPAN_PROMOTED.values() for k in keys)
 _PROMOTED_COLUMNS: Final = tuple(SPAN_PROMOTED)
 DEFAULT_LIMITS: Final = Limits()
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
 PURE_PYTHON_ENV: Final = "MALLARD_PURE_PYTHON"
 """Set (to anything but 0) to convert with `spans_to_arrow_python` even where the native one is built."""
 
@@ -69,18 +71,20 @@ def _promoted(found: dict[str, object]) -> list[object]:
 
 
 def _as_int(value: object) -> int | None:
+    """An int64 column value: ints, integral floats and decimal strings within int64, else None."""
+    number: int | None = None
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str):
         try:
-            return int(value)
+            number = int(value)
         except ValueError:
             return None
-    return None
+    return number if number is not None and _INT64_MIN <= number <= _INT64_MAX else None
 
 
 _NESTED: Final = frozenset(
@@ -218,6 +222,7 @@ def spans_to_arrow_python(
             scope = scope_spans.scope
             scope_name, scope_version = scope.name, scope.version
             for pi, span in enumerate(scope_spans.spans):
+                events_mark = len(ev_ns)
                 try:
                     trace_id = hex_id(span.trace_id, 16, optional=False)
                     span_id = hex_id(span.span_id, 8, optional=False)
@@ -231,6 +236,11 @@ def spans_to_arrow_python(
                         ev_name.append(event.name)
                         ev_dropped.append(event.dropped_attributes_count)
                     _append_links(cols, span.links, limits)
+                    if (
+                        max(span.start_time_unix_nano, span.end_time_unix_nano, *ev_ns[events_mark:])
+                        > _INT64_MAX
+                    ):
+                        raise PermanentError("time past the year 2262 (beyond int64 nanoseconds)")
                 except (ValueError, PermanentError) as exc:
                     cols.undo_span()
                     where = f"resource_spans[{ri}].scope_spans[{si}].spans[{pi}]"
