@@ -18,7 +18,7 @@ from typing import Final
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from mallard.collector.errors import (
     OverloadedError,
@@ -49,51 +49,34 @@ class Answer:
         return status
 
 
-UNAUTHENTICATED: Final = code_pb2.UNAUTHENTICATED
+# error type -> (gRPC code, HTTP status, retry hint, reason label); first match wins, so subclasses
+# come before their base class
+_TABLE: Final[tuple[tuple[type[BaseException], grpc.StatusCode, int, int | None, str], ...]] = (
+    # the body, or what gzip inflates it to, is over a limit: sending it again cannot help
+    (TooLargeError, grpc.StatusCode.INVALID_ARGUMENT, 413, None, "too_large"),
+    # neither OTLP protobuf nor OTLP JSON, or an encoding other than gzip
+    (UnsupportedMediaError, grpc.StatusCode.INVALID_ARGUMENT, 415, None, "unsupported_media"),
+    # malformed protobuf / JSON / gzip: bad data, never retried
+    (PermanentError, grpc.StatusCode.INVALID_ARGUMENT, 400, None, "invalid"),
+    # queue full: retryable, RetryInfo only where the spec allows RESOURCE_EXHAUSTED to be retried
+    (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED, 429, RETRY_AFTER_S, "overloaded"),
+    # the WAL cannot be written, or storage fails with a full queue: retryable
+    (StorageUnavailableError, grpc.StatusCode.UNAVAILABLE, 503, RETRY_AFTER_S, "unavailable"),
+)
 
 
 def answer_for(error: BaseException) -> Answer:
+    """The answer to give for `error`; anything not in the table is a bug: INTERNAL / 500."""
     message = str(error) or type(error).__name__
-    if isinstance(error, TooLargeError):
-        return Answer(
-            grpc_code=grpc.StatusCode.INVALID_ARGUMENT,
-            http_status=413,
-            retry_after_s=None,
-            message=message,
-            reason="too_large",
-        )
-    if isinstance(error, UnsupportedMediaError):
-        return Answer(
-            grpc_code=grpc.StatusCode.INVALID_ARGUMENT,
-            http_status=415,
-            retry_after_s=None,
-            message=message,
-            reason="unsupported_media",
-        )
-    if isinstance(error, PermanentError):
-        return Answer(
-            grpc_code=grpc.StatusCode.INVALID_ARGUMENT,
-            http_status=400,
-            retry_after_s=None,
-            message=message,
-            reason="invalid",
-        )
-    if isinstance(error, OverloadedError):
-        return Answer(
-            grpc_code=grpc.StatusCode.RESOURCE_EXHAUSTED,
-            http_status=429,
-            retry_after_s=RETRY_AFTER_S,
-            message=message,
-            reason="overloaded",
-        )
-    if isinstance(error, StorageUnavailableError):
-        return Answer(
-            grpc_code=grpc.StatusCode.UNAVAILABLE,
-            http_status=503,
-            retry_after_s=RETRY_AFTER_S,
-            message=message,
-            reason="unavailable",
-        )
+    for kind, grpc_code, http_status, retry_after_s, reason in _TABLE:
+        if isinstance(error, kind):
+            return Answer(
+                grpc_code=grpc_code,
+                http_status=http_status,
+                retry_after_s=retry_after_s,
+                message=message,
+                reason=reason,
+            )
     return Answer(
         grpc_code=grpc.StatusCode.INTERNAL,
         http_status=500,

@@ -222,7 +222,6 @@ def spans_to_arrow_python(
             scope = scope_spans.scope
             scope_name, scope_version = scope.name, scope.version
             for pi, span in enumerate(scope_spans.spans):
-                events_mark = len(ev_ns)
                 try:
                     trace_id = hex_id(span.trace_id, 16, optional=False)
                     span_id = hex_id(span.span_id, 8, optional=False)
@@ -236,9 +235,8 @@ def spans_to_arrow_python(
                         ev_name.append(event.name)
                         ev_dropped.append(event.dropped_attributes_count)
                     _append_links(cols, span.links, limits)
-                    if (
-                        max(span.start_time_unix_nano, span.end_time_unix_nano, *ev_ns[events_mark:])
-                        > _INT64_MAX
+                    if max(span.start_time_unix_nano, span.end_time_unix_nano) > _INT64_MAX or any(
+                        event.time_unix_nano > _INT64_MAX for event in span.events
                     ):
                         raise PermanentError("time past the year 2262 (beyond int64 nanoseconds)")
                 except (ValueError, PermanentError) as exc:
