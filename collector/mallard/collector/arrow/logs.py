@@ -25,7 +25,7 @@ from mallard.collector.arrow.attributes import (
     render_other,
     service_name_of,
 )
-from mallard.collector.arrow.outcome import Converted, Rejections, hex_id
+from mallard.collector.arrow.outcome import Converted, Rejections, optional_id
 from mallard.collector.errors import PermanentError
 from mallard.storage.schema import LOGS
 
@@ -127,8 +127,8 @@ def _append_records(
     rejected: list[tuple[int, str]] = []
     for index, record in enumerate(records):
         try:
-            trace_id = _optional_id(record.trace_id, 16, "trace_id")
-            span_id = _optional_id(record.span_id, 8, "span_id")
+            trace_id = optional_id(record.trace_id, 16, "trace_id")
+            span_id = optional_id(record.span_id, 8, "span_id")
             body, body_type = _body(record, max_depth)
             render_into(record.attributes, attributes, limits)
         except PermanentError as exc:
@@ -150,13 +150,6 @@ def _append_records(
         flags.append(record.flags)
         dropped.append(record.dropped_attributes_count)
     return rejected
-
-
-def _optional_id(data: bytes, size: int, what: str) -> str:
-    try:
-        return hex_id(data, size, optional=True)
-    except ValueError as exc:
-        raise PermanentError(f"{what} {exc}") from None
 
 
 def _body(record: LogRecord, max_depth: int) -> tuple[str | None, str]:

@@ -23,7 +23,7 @@ from mallard.collector.arrow.attributes import (
     render_into,
     service_name_of,
 )
-from mallard.collector.arrow.outcome import Converted, Rejections, hex_id
+from mallard.collector.arrow.outcome import Converted, Rejections, optional_id
 from mallard.collector.errors import PermanentError
 from mallard.storage.schema import EXEMPLAR, METRICS, QUANTILE
 
@@ -143,29 +143,15 @@ class _Exemplars(_Lists):
         values, value_ints = f["value"], f["value_int"]
         trace_ids, span_ids = f["trace_id"], f["span_id"]
         for i, exemplar in enumerate(exemplars):
-            try:
-                trace_id = hex_id(exemplar.trace_id, 16, optional=True)
-            except ValueError as exc:
-                raise PermanentError(f"exemplars[{i}].trace_id {exc}") from None
-            try:
-                span_id = hex_id(exemplar.span_id, 8, optional=True)
-            except ValueError as exc:
-                raise PermanentError(f"exemplars[{i}].span_id {exc}") from None
+            trace_id = optional_id(exemplar.trace_id, 16, f"exemplars[{i}].trace_id")
+            span_id = optional_id(exemplar.span_id, 8, f"exemplars[{i}].span_id")
             render_into(exemplar.filtered_attributes, self.attributes, limits)
             time_ns = exemplar.time_unix_nano
             times.append(time_ns // 1000)
             times_ns.append(time_ns)
-            kind = exemplar.WhichOneof("value")
-            if kind == "as_double":
-                values.append(exemplar.as_double)
-                value_ints.append(None)
-            elif kind == "as_int":
-                number = exemplar.as_int
-                values.append(float(number))
-                value_ints.append(number)
-            else:
-                values.append(None)
-                value_ints.append(None)
+            value, value_int = number_value(exemplar)
+            values.append(value)
+            value_ints.append(value_int)
             trace_ids.append(trace_id)
             span_ids.append(span_id)
         self.close(len(times))
@@ -322,6 +308,17 @@ def _padder(column: list[object]) -> Callable[[int], None]:
     return pad
 
 
+def number_value(point: NumberDataPoint | Exemplar) -> tuple[float | None, int | None]:
+    """(`value`, `value_int`) of a number point or exemplar: ints are kept exact beside their float."""
+    kind = point.WhichOneof("value")
+    if kind == "as_double":
+        return point.as_double, None
+    if kind == "as_int":
+        number = point.as_int
+        return float(number), number
+    return None, None
+
+
 def _temporality(value: int) -> str:
     return TEMPORALITIES[value] if 0 <= value < len(TEMPORALITIES) else str(value)
 
@@ -386,17 +383,9 @@ def _append_numbers(cols: _MetricColumns, points: Sequence[NumberDataPoint], pat
     for index, point in enumerate(points):
         if not admit(point, point.exemplars, path, index):
             continue
-        kind = point.WhichOneof("value")
-        if kind == "as_double":
-            values.append(point.as_double)
-            value_ints.append(None)
-        elif kind == "as_int":
-            number = point.as_int
-            values.append(float(number))
-            value_ints.append(number)
-        else:
-            values.append(None)
-            value_ints.append(None)
+        value, value_int = number_value(point)
+        values.append(value)
+        value_ints.append(value_int)
         admitted += 1
     return admitted
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from mallard.collector.errors import PermanentError
+
 _MAX_REASONS = 3
 
 
@@ -37,6 +39,14 @@ class Rejections:
         more = self.count - len(self.reasons)
         tail = f" (and {more} more)" if more > 0 else ""
         return f"rejected {self.count}: " + "; ".join(self.reasons) + tail
+
+
+def optional_id(data: bytes, size: int, what: str) -> str:
+    """An optional id (logs, exemplars) as hex, '' when absent; PermanentError naming `what` if malformed."""
+    try:
+        return hex_id(data, size, optional=True)
+    except ValueError as exc:
+        raise PermanentError(f"{what} {exc}") from None
 
 
 def hex_id(data: bytes, size: int, *, optional: bool) -> str:
