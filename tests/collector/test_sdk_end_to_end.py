@@ -9,11 +9,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from grpc import Compression as GrpcCompression
 from harness import MallardServer, run_cli, start_server, wait_for_rows
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcLogExporter
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
+from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogExporter
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
@@ -324,3 +326,22 @@ def test_logs_with_trace_context_round_trip(mallard: MallardServer, transport: s
     assert warning["body_type"] == "string"
     assert warning["time_unix_nano"] > 0 and warning["observed_time_unix_nano"] > 0
     trace.get_tracer_provider()  # the global provider was never touched
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+def test_gzip_compressed_exports(mallard: MallardServer, transport: str) -> None:
+    exporter = (
+        GrpcSpanExporter(endpoint=mallard.grpc_endpoint, insecure=True, compression=GrpcCompression.Gzip)
+        if transport == "grpc"
+        else HttpSpanExporter(endpoint=f"{mallard.http_endpoint}/v1/traces", compression=HttpCompression.Gzip)
+    )
+    provider = TracerProvider(resource=Resource.create({"service.name": f"gzip-{transport}"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("gzip")
+    with tracer.start_as_current_span("compressed", attributes={"payload": "x" * 4096}):
+        pass
+    provider.shutdown()
+    rows = wait_for_rows(
+        mallard.data, f"select attributes from spans where service_name = 'gzip-{transport}'", 1
+    )
+    assert _as_map(rows.to_pylist()[0]["attributes"])["payload"] == "x" * 4096
