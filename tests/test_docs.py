@@ -286,6 +286,8 @@ def _shown_default(setting: Setting) -> str:
         for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
             if value % size == 0:
                 return f"{value // size}{unit}"
+    if isinstance(value, tuple):  # lists of values are written comma-separated, as on the command line
+        return ",".join(value)
     return str(value)
 
 

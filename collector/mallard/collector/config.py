@@ -90,6 +90,11 @@ SETTINGS: Final = (
         parse=float,
         help="seconds between writes of the collector's own metrics to the store (0: off)",
     ),
+    Setting(
+        name="cors_allowed_origins",
+        parse=lambda text: tuple(o.strip() for o in text.split(",") if o.strip()),
+        help="comma-separated origins browsers may send OTLP/HTTP from ('*' for any; empty: CORS off)",
+    ),
     Setting(name="auth_token", parse=_text_or_none, help="bearer token both receivers require"),
     Setting(name="tls_cert", parse=_path_or_none, help="PEM certificate: serve both receivers over TLS"),
     Setting(name="tls_key", parse=_path_or_none, help="PEM private key for --tls-cert"),
@@ -117,6 +122,7 @@ class CollectorConfig:
     max_attribute_depth: int = 16
     max_concurrent_requests: int = 128
     self_metrics_interval: float = 15.0
+    cors_allowed_origins: tuple[str, ...] = ()
     auth_token: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None

@@ -46,6 +46,7 @@ class OtlpHttpApp:
         max_decompressed_bytes: int,
         auth_token: str | None,
         ready: Callable[[], bool],
+        cors_allowed_origins: tuple[str, ...] = (),
     ) -> None:
         self._ingest = ingest
         self._metrics = metrics
@@ -53,11 +54,18 @@ class OtlpHttpApp:
         self._max_decompressed = max_decompressed_bytes
         self._token = f"Bearer {auth_token}".encode() if auth_token else None
         self._ready = ready
+        self._cors = frozenset(origin.encode() for origin in cors_allowed_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         path, method = scope["path"], scope["method"]
+        origin = dict(scope["headers"]).get(b"origin")
+        if origin is not None and self._cors and (origin in self._cors or b"*" in self._cors):
+            if method == "OPTIONS" and path in _SIGNAL_OF_PATH:
+                await _respond(send, 204, b"", b"text/plain", _preflight(origin, dict(scope["headers"])))
+                return
+            send = _adding_headers(send, [(b"access-control-allow-origin", origin), (b"vary", b"Origin")])
         if path in ("/healthz", "/readyz", "/metrics") and method in ("GET", "HEAD"):
             await self._operational(path, send)
             return
@@ -164,6 +172,29 @@ class OtlpHttpApp:
         if answer.retry_after_s is not None:
             extra.append((b"retry-after", str(answer.retry_after_s).encode()))
         await _message(send, answer.http_status, answer.rpc_status(), as_json, extra=extra)
+
+
+def _preflight(origin: bytes, headers: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+    """CORS preflight answer for browser OTLP exporters (OTLP/HTTP from a web page)."""
+    requested = headers.get(
+        b"access-control-request-headers", b"content-type, content-encoding, authorization"
+    )
+    return [
+        (b"access-control-allow-origin", origin),
+        (b"access-control-allow-methods", b"POST"),
+        (b"access-control-allow-headers", requested),
+        (b"access-control-max-age", b"86400"),
+        (b"vary", b"Origin"),
+    ]
+
+
+def _adding_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
+    async def wrapped(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *headers]}
+        await send(message)
+
+    return wrapped
 
 
 async def _message(

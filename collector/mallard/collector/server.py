@@ -177,6 +177,7 @@ async def _serve_locked(
         max_request_bytes=config.max_request_bytes,
         max_decompressed_bytes=config.max_decompressed_bytes,
         auth_token=config.auth_token,
+        cors_allowed_origins=config.cors_allowed_origins,
         ready=lambda: batcher.healthy and wal.healthy and ingest.queue_bytes() < config.max_queue_bytes,
     )
     http_server = _QuietServer(
