@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, SeverityNumber
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, SeverityNumber
 
 from mallard.collector.arrow import CONVERTERS, TABLE_OF_SIGNAL, Limits, logs_to_arrow
 from mallard.collector.errors import PermanentError
@@ -45,19 +46,33 @@ def add_resource(
     records: list[LogRecord],
     resource: dict[str, object] | None = None,
     scope: tuple[str, str] = ("logger", "2.1"),
+    *,
+    scope_attributes: Sequence[KeyValue] = (),
 ) -> None:
     rl = req.resource_logs.add()
     if resource is None:
         resource = {"service.name": "checkout"}
     rl.resource.attributes.extend(kv(k, v) for k, v in resource.items())
+    add_scope(rl, records, scope, scope_attributes)
+
+
+def add_scope(
+    rl: ResourceLogs,
+    records: list[LogRecord],
+    scope: tuple[str, str] = ("logger", "2.1"),
+    attributes: Sequence[KeyValue] = (),
+) -> None:
     sl = rl.scope_logs.add()
     sl.scope.name, sl.scope.version = scope
+    sl.scope.attributes.extend(attributes)
     sl.log_records.extend(records)
 
 
-def request(*records: LogRecord, resource: dict[str, object] | None = None) -> ExportLogsServiceRequest:
+def request(
+    *records: LogRecord, resource: dict[str, object] | None = None, scope_attributes: Sequence[KeyValue] = ()
+) -> ExportLogsServiceRequest:
     req = ExportLogsServiceRequest()
-    add_resource(req, list(records), resource)
+    add_resource(req, list(records), resource, scope_attributes=scope_attributes)
     return req
 
 
@@ -89,7 +104,9 @@ def test_record_row_has_every_column_as_expected() -> None:
         span_id=SPAN_ID,
         event_name="payment.failure",
     )
-    rows, rejected, message = convert(request(record, resource={"service.name": "pay", "pod": 4}))
+    scope_attributes = [kv("logger.kind", "structlog"), kv("logger.level", 20)]
+    req = request(record, resource={"service.name": "pay", "pod": 4}, scope_attributes=scope_attributes)
+    rows, rejected, message = convert(req)
     assert (rejected, message) == (0, "")
     assert rows == [
         {
@@ -112,6 +129,8 @@ def test_record_row_has_every_column_as_expected() -> None:
             "resource_attribute_types": [("pod", "int")],
             "scope_name": "logger",
             "scope_version": "2.1",
+            "scope_attributes": [("logger.kind", "structlog"), ("logger.level", "20")],
+            "scope_attribute_types": [("logger.level", "int")],
             "dropped_attributes_count": 3,
         }
     ]
@@ -218,25 +237,33 @@ def test_trace_context_ids_and_flags() -> None:
 
 def test_rows_follow_their_resource_and_scope() -> None:
     req = request(
-        LogRecord(severity_text="a"), LogRecord(severity_text="b"), resource={"service.name": "api"}
+        LogRecord(severity_text="a"),
+        LogRecord(severity_text="b"),
+        resource={"service.name": "api"},
+        scope_attributes=[kv("lib.sampled", False), kv("lib.owner", "team-a")],
     )
+    add_scope(req.resource_logs[0], [LogRecord(severity_text="d")], ("second", "3"), [kv("lib.ratio", 0.25)])
     add_resource(req, [LogRecord(severity_text="c")], resource={"zone": "z1"}, scope=("other", ""))
     rows, _, _ = convert(req)
     names = ("severity_text", "service_name", "resource_attributes", "scope_name", "scope_version")
+    names += ("scope_attributes", "scope_attribute_types")
+    api = {"service_name": "api", "resource_attributes": [("service.name", "api")]}
+    logger = {
+        "scope_name": "logger",
+        "scope_version": "2.1",
+        "scope_attributes": [("lib.sampled", "false"), ("lib.owner", "team-a")],
+        "scope_attribute_types": [("lib.sampled", "bool")],
+    }
     assert only(rows, *names) == [
+        {"severity_text": "a", **api, **logger},
+        {"severity_text": "b", **api, **logger},
         {
-            "severity_text": "a",
-            "service_name": "api",
-            "resource_attributes": [("service.name", "api")],
-            "scope_name": "logger",
-            "scope_version": "2.1",
-        },
-        {
-            "severity_text": "b",
-            "service_name": "api",
-            "resource_attributes": [("service.name", "api")],
-            "scope_name": "logger",
-            "scope_version": "2.1",
+            "severity_text": "d",
+            **api,
+            "scope_name": "second",
+            "scope_version": "3",
+            "scope_attributes": [("lib.ratio", "0.25")],
+            "scope_attribute_types": [("lib.ratio", "double")],
         },
         {
             "severity_text": "c",
@@ -244,6 +271,8 @@ def test_rows_follow_their_resource_and_scope() -> None:
             "resource_attributes": [("zone", "z1")],
             "scope_name": "other",
             "scope_version": "",
+            "scope_attributes": [],
+            "scope_attribute_types": [],
         },
     ]
 
@@ -280,6 +309,43 @@ def test_resource_over_limits_rejects_all_of_its_records() -> None:
     assert only(rows, "severity_text", "service_name") == [{"severity_text": "kept", "service_name": "ok"}]
     assert rejected == 2
     assert message.startswith("rejected 2: resource_logs[0].resource: 2 attributes, more than the limit of 1")
+
+
+def test_scope_over_limits_rejects_all_of_its_records() -> None:
+    req = request(LogRecord(), LogRecord(trace_id=b"\x01"), scope_attributes=[kv("a", 1), kv("b", 2)])
+    add_scope(req.resource_logs[0], [LogRecord(severity_text="kept")], ("ok", "1"), [kv("c", b"\xff")])
+    rows, rejected, message = convert(req, Limits(max_attributes=1))
+    # the rejected scope leaves nothing behind: the kept row has its own scope attributes
+    assert only(rows, "severity_text", "scope_name", "scope_attributes", "scope_attribute_types") == [
+        {
+            "severity_text": "kept",
+            "scope_name": "ok",
+            "scope_attributes": [("c", "/w==")],
+            "scope_attribute_types": [("c", "bytes")],
+        }
+    ]
+    reason = "resource_logs[0].scope_logs[0].scope: 2 attributes, more than the limit of 1"
+    assert (rejected, message) == (2, f"rejected 2: {reason}; {reason}")
+
+
+def test_scope_attribute_nested_too_deep_rejects_its_records() -> None:
+    nested = AnyValue(kvlist_value=KeyValueList(values=[KeyValue(key="k", value=AnyValue(int_value=1))]))
+    req = request(LogRecord(), scope_attributes=[KeyValue(key="deep", value=nested)])
+    assert convert(req, Limits(max_depth=2))[1] == 0
+    rows, rejected, message = convert(req, Limits(max_depth=1))
+    assert (rows, rejected) == ([], 1)
+    assert message == (
+        "rejected 1: resource_logs[0].scope_logs[0].scope: attribute value nested deeper than the limit"
+    )
+
+
+def test_resource_over_limits_is_reported_before_its_scopes() -> None:
+    req = request(LogRecord(), resource={"a": 1, "b": 2}, scope_attributes=[kv("c", 1), kv("d", 2)])
+    _, rejected, message = convert(req, Limits(max_attributes=1))
+    assert (rejected, message) == (
+        1,
+        "rejected 1: resource_logs[0].resource: 2 attributes, more than the limit of 1",
+    )
 
 
 def test_malformed_bytes_are_a_permanent_error() -> None:
@@ -354,7 +420,12 @@ _record = st.builds(
 def _request(draw: st.DrawFn) -> ExportLogsServiceRequest:
     req = ExportLogsServiceRequest()
     for _ in range(draw(st.integers(0, 3))):
-        add_resource(req, draw(st.lists(_record, max_size=5)), {"service.name": draw(st.text(max_size=6))})
+        add_resource(
+            req,
+            draw(st.lists(_record, max_size=5)),
+            {"service.name": draw(st.text(max_size=6))},
+            scope_attributes=draw(_attributes),
+        )
     return req
 
 
@@ -369,3 +440,11 @@ def test_any_valid_request_converts_one_row_per_record(req: ExportLogsServiceReq
     assert out.batch.num_rows == len(records)
     assert out.batch.column("time_unix_nano").to_pylist() == [r.time_unix_nano for r in records]
     assert out.batch.column("time").null_count == 0
+    expected_scope_keys = [
+        [a.key for a in sl.scope.attributes]
+        for rl in req.resource_logs
+        for sl in rl.scope_logs
+        for _ in sl.log_records
+    ]
+    scope_keys = [[key for key, _ in row] for row in out.batch.column("scope_attributes").to_pylist()]
+    assert scope_keys == expected_scope_keys

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     AggregationTemporality,
     Exemplar,
@@ -19,6 +19,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     HistogramDataPoint,
     Metric,
     NumberDataPoint,
+    ResourceMetrics,
     SummaryDataPoint,
 )
 
@@ -56,9 +57,10 @@ def request(
     *metrics: Metric,
     resource: dict[str, object] | None = None,
     scope: tuple[str, str] = ("meter", "1.0"),
+    scope_attributes: dict[str, object] | None = None,
 ) -> ExportMetricsServiceRequest:
     req = ExportMetricsServiceRequest()
-    add_resource(req, list(metrics), resource, scope)
+    add_resource(req, list(metrics), resource, scope, scope_attributes=scope_attributes)
     return req
 
 
@@ -67,13 +69,25 @@ def add_resource(
     metrics: list[Metric],
     resource: dict[str, object] | None = None,
     scope: tuple[str, str] = ("meter", "1.0"),
+    *,
+    scope_attributes: dict[str, object] | None = None,
 ) -> None:
     rm = req.resource_metrics.add()
     if resource is None:
         resource = {"service.name": "checkout"}
     rm.resource.attributes.extend(kv(k, v) for k, v in resource.items())
+    add_scope(rm, metrics, scope, scope_attributes)
+
+
+def add_scope(
+    rm: ResourceMetrics,
+    metrics: list[Metric],
+    scope: tuple[str, str] = ("meter", "1.0"),
+    attributes: dict[str, object] | None = None,
+) -> None:
     sm = rm.scope_metrics.add()
     sm.scope.name, sm.scope.version = scope
+    sm.scope.attributes.extend(kv(k, v) for k, v in (attributes or {}).items())
     sm.metrics.extend(metrics)
 
 
@@ -121,7 +135,11 @@ EMPTY_ROW_TAIL = {
 def test_gauge_row_has_every_column_as_expected() -> None:
     metric = Metric(name="queue.depth", description="Items waiting", unit="{item}")
     metric.gauge.data_points.append(number(7, attributes=[kv("queue", "high"), kv("shard", 3)], flags=1))
-    rows, rejected, message = convert(request(metric, resource={"service.name": "checkout", "host.cpus": 8}))
+    scope_attributes: dict[str, object] = {"library.language": "python", "library.stable": True}
+    req = request(
+        metric, resource={"service.name": "checkout", "host.cpus": 8}, scope_attributes=scope_attributes
+    )
+    rows, rejected, message = convert(req)
     assert (rejected, message) == (0, "")
     assert rows == [
         {
@@ -151,6 +169,8 @@ def test_gauge_row_has_every_column_as_expected() -> None:
             "resource_attribute_types": [("host.cpus", "int")],
             "scope_name": "meter",
             "scope_version": "1.0",
+            "scope_attributes": [("library.language", "python"), ("library.stable", "true")],
+            "scope_attribute_types": [("library.stable", "bool")],
         }
     ]
 
@@ -435,30 +455,40 @@ def test_exemplars_with_trace_context() -> None:
 
 
 def test_rows_follow_their_resource_and_scope() -> None:
-    first, second = Metric(name="a"), Metric(name="b")
+    first, second, third = Metric(name="a"), Metric(name="b"), Metric(name="c")
     first.gauge.data_points.extend([number(1), number(2)])
     second.gauge.data_points.append(number(3))
-    req = request(first, resource={"service.name": "api", "k": "v"}, scope=("s1", "1"))
+    third.gauge.data_points.append(number(4))
+    scope_attributes: dict[str, object] = {"lib.kind": "http", "lib.ratio": 1.5}
+    req = request(
+        first,
+        resource={"service.name": "api", "k": "v"},
+        scope=("s1", "1"),
+        scope_attributes=scope_attributes,
+    )
+    add_scope(req.resource_metrics[0], [third], ("s3", "3"), {"lib.blob": b"\x00\x01"})
     add_resource(req, [second], resource={"region": "eu"}, scope=("s2", "2"))
     rows, _, _ = convert(req)
     names = ("metric_name", "value_int", "service_name", "resource_attributes")
-    names += ("scope_name", "scope_version")
+    names += ("scope_name", "scope_version", "scope_attributes", "scope_attribute_types")
+    api = {"service_name": "api", "resource_attributes": [("service.name", "api"), ("k", "v")]}
+    s1 = {
+        "scope_name": "s1",
+        "scope_version": "1",
+        "scope_attributes": [("lib.kind", "http"), ("lib.ratio", "1.5")],
+        "scope_attribute_types": [("lib.ratio", "double")],
+    }
     assert only(rows, *names) == [
+        {"metric_name": "a", "value_int": 1, **api, **s1},
+        {"metric_name": "a", "value_int": 2, **api, **s1},
         {
-            "metric_name": "a",
-            "value_int": 1,
-            "service_name": "api",
-            "resource_attributes": [("service.name", "api"), ("k", "v")],
-            "scope_name": "s1",
-            "scope_version": "1",
-        },
-        {
-            "metric_name": "a",
-            "value_int": 2,
-            "service_name": "api",
-            "resource_attributes": [("service.name", "api"), ("k", "v")],
-            "scope_name": "s1",
-            "scope_version": "1",
+            "metric_name": "c",
+            "value_int": 4,
+            **api,
+            "scope_name": "s3",
+            "scope_version": "3",
+            "scope_attributes": [("lib.blob", "AAE=")],
+            "scope_attribute_types": [("lib.blob", "bytes")],
         },
         {
             "metric_name": "b",
@@ -467,6 +497,8 @@ def test_rows_follow_their_resource_and_scope() -> None:
             "resource_attributes": [("region", "eu")],
             "scope_name": "s2",
             "scope_version": "2",
+            "scope_attributes": [],
+            "scope_attribute_types": [],
         },
     ]
 
@@ -532,6 +564,57 @@ def test_resource_over_limits_rejects_all_of_its_points() -> None:
     assert rejected == 3
     assert message.startswith(
         "rejected 3: resource_metrics[0].resource: 2 attributes, more than the limit of 1"
+    )
+
+
+def test_scope_over_limits_rejects_all_of_its_points() -> None:
+    metric = Metric(name="m")
+    metric.gauge.data_points.extend([number(1), number(2)])
+    summary = Metric(name="s")
+    summary.summary.data_points.append(SummaryDataPoint())
+    nameless = Metric(name="")  # rejected for its scope, counted once
+    nameless.gauge.data_points.append(number(5))
+    req = request(metric, summary, nameless, scope=("over", "1"), scope_attributes={"a": 1, "b": 2})
+    kept = Metric(name="kept")
+    kept.gauge.data_points.append(number(3))
+    add_scope(req.resource_metrics[0], [kept], ("ok", "2"), {"c": 3})
+    rows, rejected, message = convert(req, Limits(max_attributes=1))
+    # the rejected scope leaves nothing behind: the kept row has its own scope attributes
+    assert only(rows, "metric_name", "scope_name", "scope_attributes", "scope_attribute_types") == [
+        {
+            "metric_name": "kept",
+            "scope_name": "ok",
+            "scope_attributes": [("c", "3")],
+            "scope_attribute_types": [("c", "int")],
+        }
+    ]
+    assert rejected == 4
+    reason = "resource_metrics[0].scope_metrics[0].scope: 2 attributes, more than the limit of 1"
+    assert message == f"rejected 4: {reason}; {reason}; {reason} (and 1 more)"
+
+
+def test_scope_attribute_nested_too_deep_rejects_its_points() -> None:
+    metric = Metric(name="m")
+    metric.gauge.data_points.append(number(1))
+    req = request(metric)
+    nested = AnyValue(array_value=ArrayValue(values=[AnyValue(array_value=ArrayValue(values=[AnyValue()]))]))
+    req.resource_metrics[0].scope_metrics[0].scope.attributes.append(KeyValue(key="deep", value=nested))
+    assert convert(req, Limits(max_depth=3))[1] == 0
+    rows, rejected, message = convert(req, Limits(max_depth=2))
+    assert (rows, rejected) == ([], 1)
+    assert message == (
+        "rejected 1: resource_metrics[0].scope_metrics[0].scope: attribute value nested deeper than the limit"
+    )
+
+
+def test_resource_over_limits_is_reported_before_its_scopes() -> None:
+    metric = Metric(name="m")
+    metric.gauge.data_points.append(number(1))
+    req = request(metric, resource={"a": 1, "b": 2}, scope_attributes={"c": 1, "d": 2})
+    _, rejected, message = convert(req, Limits(max_attributes=1))
+    assert (rejected, message) == (
+        1,
+        "rejected 1: resource_metrics[0].resource: 2 attributes, more than the limit of 1",
     )
 
 
@@ -648,6 +731,13 @@ _POINTS = {
 }
 
 
+_scope_attributes = st.dictionaries(
+    st.text(max_size=4),
+    st.text(max_size=4) | st.integers(-(2**63), 2**63 - 1) | st.booleans() | st.binary(max_size=3) | _floats,
+    max_size=3,
+)
+
+
 @st.composite
 def _metric(draw: st.DrawFn) -> Metric:
     kind = draw(st.sampled_from(sorted(_POINTS)))
@@ -664,6 +754,7 @@ def _request(draw: st.DrawFn) -> ExportMetricsServiceRequest:
             req,
             draw(st.lists(_metric(), max_size=4)),
             resource={"service.name": draw(st.text(max_size=6))},
+            scope_attributes=draw(_scope_attributes),
         )
     return req
 
@@ -681,3 +772,13 @@ def test_any_valid_request_converts_one_row_per_point(req: ExportMetricsServiceR
     out.batch.validate(full=True)
     assert out.batch.num_rows == len(expected_types)
     assert out.batch.column("metric_type").to_pylist() == expected_types
+    expected_scope_keys = [
+        [a.key for a in sm.scope.attributes]
+        for rm in req.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if (kind := m.WhichOneof("data"))
+        for _ in getattr(m, kind).data_points
+    ]
+    scope_keys = [[key for key, _ in row] for row in out.batch.column("scope_attributes").to_pylist()]
+    assert scope_keys == expected_scope_keys

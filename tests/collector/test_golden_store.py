@@ -77,6 +77,8 @@ def test_every_anyvalue_type(store: Path) -> None:
     assert row["dropped_attributes_count"] == 2
     assert row["start_time_unix_nano"] == 1717171717000000000 and row["duration"] == 250_000_000
     assert row["service_name"] == "checkout" and row["scope_version"] == "0.66b2"
+    assert row["scope_attributes"] == [("instrumentation.provider", "opentelemetry")]
+    assert row["scope_attribute_types"] == []  # a string: absent from the types map
     exception = row["events"][1]
     assert exception["name"] == "exception" and exception["dropped_attributes_count"] == 1
     assert dict(exception["attributes"])["exception.type"] == "PaymentDeclined"
@@ -96,6 +98,23 @@ def test_every_anyvalue_type(store: Path) -> None:
     assert exact["n"] == 9007199254740993
     child = one(store, "select service_name, parent_span_id from spans where span_id = '53995c3f42cd8ad8'")
     assert child == {"service_name": "payments", "parent_span_id": "eee19b7ec3c1b174"}
+
+
+def test_scope_attributes_are_queryable(store: Path) -> None:
+    rows = query(
+        store,
+        "select span_id, scope_attributes['instrumentation.provider'] as provider,"
+        " coalesce(scope_attribute_types['instrumentation.provider'], 'string') as type,"
+        " cardinality(scope_attributes) as n from spans"
+        " where trace_id = '5b8efff798038103d269b633813fc60c' order by span_id",
+    ).to_pylist()
+    assert rows == [
+        {"span_id": "53995c3f42cd8ad8", "provider": None, "type": "string", "n": 0},  # its scope has none
+        {"span_id": "eee19b7ec3c1b174", "provider": "opentelemetry", "type": "string", "n": 1},
+    ]
+    for table in ("metrics", "logs"):  # their golden scopes have none: an empty map, never NULL
+        not_empty = "scope_attributes is null or cardinality(scope_attributes) > 0"
+        assert one(store, f"select count(*) filter (where {not_empty}) as n from {table}") == {"n": 0}
 
 
 def test_edge_cases(store: Path) -> None:

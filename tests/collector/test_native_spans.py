@@ -159,12 +159,18 @@ def fill_span(
     add_attributes(span.attributes, list(attributes))
 
 
-def request_with(*spans: dict[str, Any], resource: Any = (("service.name", "svc"),)) -> bytes:
+SCOPE_ATTRIBUTES: list[tuple[str, object]] = [("lib.kind", "http"), ("lib.major", 2), ("lib.stable", True)]
+
+
+def request_with(
+    *spans: dict[str, Any], resource: Any = (("service.name", "svc"),), scope: Any = SCOPE_ATTRIBUTES
+) -> bytes:
     request = ExportTraceServiceRequest()
     rs = request.resource_spans.add()
     add_attributes(rs.resource.attributes, list(resource))
     scope_spans = rs.scope_spans.add()
     scope_spans.scope.name, scope_spans.scope.version = "lib", "1.0"
+    add_attributes(scope_spans.scope.attributes, list(scope))
     for fields in spans:
         fill_span(scope_spans.spans.add(), **fields)
     return request.SerializeToString()
@@ -185,7 +191,8 @@ REALISTIC_ATTRIBUTES: list[tuple[str, object]] = [
 
 
 def realistic_request(spans: int = 512, services: int = 20, seed: int = 7) -> bytes:
-    """`spans` server spans over `services` services: 10 attributes and 2 events (1 int attribute) each."""
+    """`spans` server spans over `services` services: 10 attributes and 2 events (1 int attribute) each;
+    each service's scope has 2 attributes."""
     rng = random.Random(seed)
     request = ExportTraceServiceRequest()
     for s in range(services):
@@ -196,6 +203,9 @@ def realistic_request(spans: int = 512, services: int = 20, seed: int = 7) -> by
         )
         scope_spans = rs.scope_spans.add()
         scope_spans.scope.name, scope_spans.scope.version = "opentelemetry.instrumentation.flask", "0.45b0"
+        add_attributes(
+            scope_spans.scope.attributes, {"instrumentation.provider": "opentelemetry", "shard": s}
+        )
         for i in range(spans // services + (s < spans % services)):
             span = scope_spans.spans.add()
             span.trace_id, span.span_id = rng.randbytes(16), rng.randbytes(8)
@@ -255,9 +265,11 @@ def wire_span(*fields: bytes, ids: bool = True) -> bytes:
 
 
 def wire_request(
-    *spans: bytes, resource: bytes = ld(1, ld(1, b"service.name") + ld(2, ld(1, b"svc")))
+    *spans: bytes,
+    resource: bytes = ld(1, ld(1, b"service.name") + ld(2, ld(1, b"svc"))),
+    scope: bytes = ld(1, b"lib"),
 ) -> bytes:
-    scope_spans = ld(1, ld(1, b"lib")) + b"".join(ld(2, s) for s in spans)
+    scope_spans = ld(1, scope) + b"".join(ld(2, s) for s in spans)
     return ld(1, ld(1, resource) + ld(2, scope_spans))
 
 
@@ -313,6 +325,11 @@ def test_realistic_request() -> None:
     ok = same(realistic_request())
     assert ok[1].num_rows == 512 and ok[2] == 0
     assert ok[1].column("http_status_code").to_pylist()[:2] == [200, 200]
+    assert ok[1].column("scope_attributes")[-1].as_py() == [
+        ("instrumentation.provider", "opentelemetry"),
+        ("shard", "19"),
+    ]
+    assert ok[1].column("scope_attribute_types")[-1].as_py() == [("shard", "int")]
 
 
 def test_empty_request_and_empty_resource_spans() -> None:
@@ -358,7 +375,11 @@ VALUES: list[object] = [
 @pytest.mark.parametrize("value", VALUES, ids=repr)
 def test_every_value_type(value: object) -> None:
     attributes = [("k", value), ("k2", "s")]
-    same(request_with({"attributes": attributes}, resource=[("service.name", "svc"), ("r", value)]))
+    same(
+        request_with(
+            {"attributes": attributes}, resource=[("service.name", "svc"), ("r", value)], scope=[("s", value)]
+        )
+    )
 
 
 def test_unicode_everywhere() -> None:
@@ -367,6 +388,7 @@ def test_unicode_everywhere() -> None:
     rs = request.resource_spans.add()
     add_attributes(rs.resource.attributes, {"service.name": text, "ключ": "значение"})
     span = add_span(rs, scope=text, name=text, trace_state=f"k={text}", attributes=[(text, text)])
+    add_attributes(rs.scope_spans[0].scope.attributes, {text: text, "ключ": [text]})
     span.status.message = text
     event = span.events.add()
     event.name = text
@@ -385,7 +407,10 @@ def test_multiple_resources_scopes_events_and_links() -> None:
         for s in range(2):
             scope_spans = rs.scope_spans.add()
             scope_spans.scope.name, scope_spans.scope.version = f"scope{s}", f"{s}.0"
-            add_attributes(scope_spans.scope.attributes, {"ignored": 1})
+            add_attributes(
+                scope_spans.scope.attributes,
+                {"scope.index": s, "scope.ratio": s / 2, "scope.tags": ["a", s], "scope.on": bool(s)},
+            )
             for p in range(3):
                 span = scope_spans.spans.add()
                 fill_span(
@@ -449,11 +474,13 @@ PROMOTED_CASES: list[list[tuple[str, object]]] = [
 @pytest.mark.parametrize("attributes", PROMOTED_CASES, ids=repr)
 def test_promoted_columns(attributes: list[tuple[str, object]]) -> None:
     same(request_with({"attributes": attributes}))
+    same(request_with({}, scope=attributes))  # a scope's attributes are not promoted
 
 
 @pytest.mark.parametrize("value", ["svc", 42, 1.5, True, b"\x01", None, [1], (("a", 1),), "ü"], ids=repr)
 def test_service_name_of_any_type(value: object) -> None:
     same(request_with({}, resource=[("service.name", "first"), ("service.name", value)]))
+    same(request_with({}, scope=[("service.name", value)]))  # not the service: that is the resource's
 
 
 def test_resource_without_service_name_or_attributes() -> None:
@@ -538,14 +565,44 @@ def test_resource_over_the_limits_rejects_each_of_its_spans() -> None:
     assert ok[2] == 8
 
 
+def test_scope_over_the_limits_rejects_each_of_its_spans() -> None:
+    request = ExportTraceServiceRequest()
+    scopes: list[list[tuple[str, object]]] = [
+        [("a", 1), ("b", 2.5), ("c", "x"), ("d", True)],  # too many
+        [("deep", [[[1]]])],  # too deep
+        [("ok", 1), ("list", [1, "a"])],
+        [],
+    ]
+    for r in range(2):
+        rs = request.resource_spans.add()
+        add_attributes(rs.resource.attributes, [("service.name", f"s{r}")] + [("x", 1)] * (4 * r))
+        for s, attributes in enumerate(scopes):
+            scope_spans = rs.scope_spans.add()
+            scope_spans.scope.name = f"scope{s}"
+            add_attributes(scope_spans.scope.attributes, attributes)
+            for p in range(2):
+                span_id = bytes([r + 1, s + 1, p + 1]) * 2 + b"xy"
+                fill_span(scope_spans.spans.add(), span_id=span_id, attributes=[("a", p), ("b", [p])])
+    ok = same(request.SerializeToString(), Limits(max_attributes=3, max_depth=3))
+    # scopes 0 and 1 of resource 0, and every span of resource 1 (its resource is over the limits)
+    assert ok[2] == 4 + 8
+    assert ok[3].startswith("rejected 12: resource_spans[0].scope_spans[0].scope: 4 attributes, more than")
+    batch = ok[1]
+    assert batch.column("scope_name").to_pylist() == ["scope2", "scope2", "scope3", "scope3"]
+    assert batch.column("scope_attributes").to_pylist() == [[("ok", "1"), ("list", '[1,"a"]')]] * 2 + [[]] * 2
+    assert (
+        batch.column("scope_attribute_types").to_pylist()
+        == [[("ok", "int"), ("list", "array")]] * 2 + [[]] * 2
+    )
+
+
 @pytest.mark.parametrize("max_attributes", [0, 1, 10, 11])
 @pytest.mark.parametrize("max_depth", [0, 1, 2, 3])
 def test_limits(max_attributes: int, max_depth: int) -> None:
     attributes: list[tuple[str, object]] = [*REALISTIC_ATTRIBUTES[:9], ("arr", [[1], []])]
-    same(
-        request_with({"attributes": attributes}, {"attributes": []}),
-        Limits(max_attributes=max_attributes, max_depth=max_depth),
-    )
+    limits = Limits(max_attributes=max_attributes, max_depth=max_depth)
+    same(request_with({"attributes": attributes}, {"attributes": []}, scope=[]), limits)
+    same(request_with({"attributes": []}, scope=attributes), limits)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -574,7 +631,12 @@ def test_repeated_singular_fields_merge_like_protobuf() -> None:
         + vi(2, 3)
         + ld(1, ld(1, b"service.name") + ld(2, vi(3, 2)))
     )
-    scope = ld(1, ld(1, b"lib") + ld(2, b"1")) + ld(1, ld(2, b"2")) + ld(2, span) + ld(1, ld(1, b"late"))
+    scope = (
+        ld(1, ld(1, b"lib") + ld(2, b"1") + ld(3, kv(b"a", ld(1, b"x"))))
+        + ld(1, ld(2, b"2") + ld(3, kv(b"b", vi(3, 7))))
+        + ld(2, span)
+        + ld(1, ld(1, b"late") + ld(3, kv(b"a", vi(2, 1))))
+    )
     same(ld(1, ld(1, resource) + ld(2, scope) + ld(1, ld(1, kv(b"extra", ld(1, b"x"))))))
 
 
@@ -603,14 +665,14 @@ def test_repeated_singular_fields_merge_like_protobuf() -> None:
 def test_anyvalue_oneof_and_merges(value_fields: list[bytes]) -> None:
     attributes = kv(b"http.route", *value_fields)
     span = wire_span(ld(9, attributes), ld(9, kv(b"http.response.status_code", *value_fields)))
-    same(wire_request(span, resource=ld(1, kv(b"service.name", *value_fields))))
+    scope = ld(1, b"lib") + ld(3, kv(b"s", *value_fields))
+    same(wire_request(span, resource=ld(1, kv(b"service.name", *value_fields)), scope=scope))
 
 
 def test_keyvalue_without_key_or_value_and_key_strindex() -> None:
-    span = wire_span(
-        ld(9, b""), ld(9, ld(2, ld(1, b"v"))), ld(9, ld(1, b"k") + vi(3, 4)), ld(9, ld(1, b"a") + ld(1, b"b"))
-    )
-    same(wire_request(span))
+    odd = [b"", ld(2, ld(1, b"v")), ld(1, b"k") + vi(3, 4), ld(1, b"a") + ld(1, b"b")]
+    span = wire_span(*(ld(9, pair) for pair in odd))
+    same(wire_request(span, scope=b"".join(ld(3, pair) for pair in odd)))
 
 
 UNKNOWN_FIELDS = {
@@ -632,6 +694,7 @@ def request_for_injection() -> bytes:
     rs.resource.entity_refs.add(type="service", id_keys=["service.name"])
     rs.schema_url = "u"
     span = add_span(rs, attributes=[("http.route", "/r"), ("n", 1), ("l", [1, [2]])], kind=2)
+    add_attributes(rs.scope_spans[0].scope.attributes, {"lib": "x", "kv": (("k", [1]),)})
     span.status.code, span.status.message = Status.STATUS_CODE_OK, "m"
     event = span.events.add()
     event.name, event.time_unix_nano = "e", T0
@@ -758,7 +821,7 @@ MALFORMED = [
     ld(1, ld(2, ld(2, wire_span(ld(9, kv(b"k", ld(1, b"\xf4\x90\x80\x80"))))))),  # past U+10FFFF
     ld(1, ld(3, b"\xe2\x82")),  # a truncated sequence in ResourceSpans.schema_url
     ld(1, ld(1, ld(3, ld(3, b"\xff")))),  # in EntityRef.id_keys
-    ld(1, ld(2, ld(1, ld(3, kv(b"k", ld(1, b"\x80")))))),  # in scope attributes nobody reads
+    ld(1, ld(2, ld(1, ld(3, kv(b"k", ld(1, b"\x80")))))),  # in a scope attribute
     ld(1, ld(2, ld(2, wire_span(ld(11, ld(2, b"\xff")))))),  # in an event name
     ld(1, ld(2, ld(2, wire_span(ld(15, ld(2, b"\xff")))))),  # in a status message
     ld(1, ld(2, ld(2, wire_span(ld(9, kv(b"k", ld(6, ld(1, kv(b"\xff", b""))))))))),  # deep in a kvlist
@@ -783,10 +846,14 @@ def nested(depth: int) -> bytes:
 
 
 @pytest.mark.parametrize("depth", [46, 47, 48])
-@pytest.mark.parametrize("owner", ["span", "event"])
+@pytest.mark.parametrize("owner", ["span", "event", "scope"])
 def test_nesting_at_the_protobuf_depth_limit(depth: int, owner: str) -> None:
-    # levels: ResourceSpans 1, ScopeSpans 2, Span 3, [Event 4,] KeyValue, AnyValue, then 2 per array
+    # levels: ResourceSpans 1, ScopeSpans 2, Span or InstrumentationScope 3, [Event 4,] KeyValue,
+    # AnyValue, then 2 per array
     attribute = kv(b"k", nested(depth))
+    if owner == "scope":
+        same(wire_request(wire_span(), scope=ld(3, attribute)), Limits(max_depth=200))
+        return
     span = wire_span(ld(9, attribute) if owner == "span" else ld(11, ld(3, attribute)))
     same(wire_request(span), Limits(max_depth=200))
 
@@ -805,6 +872,7 @@ def small_request() -> bytes:
     rs = request.resource_spans.add()
     add_attributes(rs.resource.attributes, {"service.name": "svc"})
     span = add_span(rs, attributes=[("http.route", "/a/ü"), ("n", -3), ("arr", [1, "x"])], kind=3)
+    add_attributes(rs.scope_spans[0].scope.attributes, {"lib": "x", "v": 2})
     event = span.events.add()
     event.name = "e"
     add_attributes(event.attributes, {"x": 1.5})
@@ -940,6 +1008,7 @@ def requests(draw: st.DrawFn) -> bytes:
             scope_spans = rs.scope_spans.add()
             scope_spans.scope.name = draw(st.text(max_size=5))
             scope_spans.scope.version = draw(st.text(max_size=3))
+            add_attributes(scope_spans.scope.attributes, draw(ATTRIBUTES_ST))
             for _ in range(draw(st.integers(0, 3))):
                 span = scope_spans.spans.add()
                 span.trace_id, span.span_id = draw(IDS), draw(SPAN_IDS)

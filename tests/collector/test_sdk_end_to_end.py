@@ -104,7 +104,9 @@ def _as_map(pairs: Any) -> dict[str, Any]:
 
 def test_traces_across_two_services_round_trip(mallard: MallardServer) -> None:
     frontend, backend, sent = _providers(mallard)
-    front_tracer = frontend.get_tracer("shop.frontend", "1.2.3")
+    front_tracer = frontend.get_tracer(
+        "shop.frontend", "1.2.3", attributes={"shop.tier": "web", "shop.shards": 3}
+    )
     back_tracer = backend.get_tracer("shop.backend")
     with front_tracer.start_as_current_span(
         "GET /checkout", kind=SpanKind.SERVER, attributes=ATTRIBUTES
@@ -168,9 +170,12 @@ def test_traces_across_two_services_round_trip(mallard: MallardServer) -> None:
     assert root_row["http_status_code"] == 404
     assert _as_map(root_row["resource_attributes"])["deployment.env"] == "test"
     assert root_row["scope_version"] == "1.2.3"
+    assert _as_map(root_row["scope_attributes"]) == {"shop.tier": "web", "shop.shards": "3"}
+    assert _as_map(root_row["scope_attribute_types"]) == {"shop.shards": "int"}
     assert _as_map(root_row["events"][0]["attributes"]) == {"items": "3", "note": "ünïcode ✓"}
     charge = next(r for r in stored.values() if r["name"] == "charge card")
     assert charge["service_name"] == "backend"
+    assert _as_map(charge["scope_attributes"]) == {}  # its tracer has none
     assert charge["status_code"] == "ERROR" and charge["status_message"] == "card declined"
     assert charge["links"][0]["trace_id"] == trace_id
     assert charge["links"][0]["span_id"] == root_row["span_id"]

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mallard.query import QueryError, Store
-from mallard.storage.schema import SCHEMAS, TABLES
+from mallard.storage.schema import PARTITION_TIME_COLUMN, SCHEMAS, TABLES
 
 START = datetime(2026, 11, 22, 10, 15, 0, 123456, tzinfo=UTC)
 
@@ -23,9 +23,10 @@ def write_part(
     *,
     hour: int = 10,
     lsn: int = 1,
+    schema: pa.Schema | None = None,
 ) -> Path:
-    """Writes `rows` (unset columns NULL) as a committed collector file of `table`."""
-    schema = SCHEMAS[table]
+    """Writes `rows` (unset columns NULL) as a committed collector file of `table` (v1 unless `schema`)."""
+    schema = schema or SCHEMAS[table]
     full = [{name: row.get(name) for name in schema.names} for row in rows]
     directory = root / "v1" / table / "date=2026-11-22" / f"hour={hour:02d}"
     directory.mkdir(parents=True, exist_ok=True)
@@ -84,6 +85,61 @@ def test_empty_and_filled_tables_have_the_same_columns(tmp_path: Path, table: st
         filled = describe(store, table)
     assert filled == empty
     assert filled[-2:] == [("date", "DATE"), ("hour", "BIGINT")]
+
+
+SCOPE_COLUMNS = ("scope_attributes", "scope_attribute_types")
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_files_from_before_a_column_was_added_read_it_as_null(tmp_path: Path, table: str) -> None:
+    """v1 files written before `scope_attributes` existed, alone and mixed with files that have it."""
+    before = pa.schema([field for field in SCHEMAS[table] if field.name not in SCOPE_COLUMNS])
+    time_column = PARTITION_TIME_COLUMN[table]
+    old = {time_column: START, "scope_name": "old"}
+    new = {
+        time_column: START,
+        "scope_name": "new",
+        "scope_attributes": [("lib.kind", "http"), ("lib.major", "2")],
+        "scope_attribute_types": [("lib.major", "int")],
+    }
+    query = (
+        "SELECT scope_name, scope_attributes['lib.kind'] AS kind, scope_attribute_types, hour"
+        f" FROM {table} ORDER BY scope_name"
+    )
+    with Store(tmp_path / "empty") as empty:
+        columns = describe(empty, table)
+    with Store(tmp_path) as store:
+        write_part(tmp_path, table, [old], schema=before)
+        # no file has the columns yet: they are there all the same, NULL
+        assert store.sql(query).to_pylist() == [
+            {"scope_name": "old", "kind": None, "scope_attribute_types": None, "hour": 10}
+        ]
+        assert describe(store, table) == columns
+        write_part(tmp_path, table, [new], hour=11, lsn=2)
+        assert store.sql(query).to_pylist() == [
+            {
+                "scope_name": "new",
+                "kind": "http",
+                "scope_attribute_types": [("lib.major", "int")],
+                "hour": 11,
+            },
+            {"scope_name": "old", "kind": None, "scope_attribute_types": None, "hour": 10},
+        ]
+        # the schema's order whichever file is read first (here the old one)
+        assert describe(store, table) == columns
+        hits = store.sql(f"SELECT count(*) AS n FROM {table} WHERE scope_attributes['lib.major'] = '2'")
+        assert hits.to_pylist() == [{"n": 1}]
+
+
+def test_columns_only_newer_files_have_follow_the_schema_columns(tmp_path: Path) -> None:
+    after = SCHEMAS["logs"].append(pa.field("future_column", pa.string()))
+    write_part(tmp_path, "logs", [{"body": "old"}])
+    write_part(tmp_path, "logs", [{"body": "new", "future_column": "f"}], hour=11, lsn=2, schema=after)
+    with Store(tmp_path) as store:
+        names = [name for name, _ in describe(store, "logs")]
+        rows = store.sql("SELECT body, future_column FROM logs ORDER BY body").to_pylist()
+    assert names == [*SCHEMAS["logs"].names, "date", "hour", "future_column"]
+    assert rows == [{"body": "new", "future_column": "f"}, {"body": "old", "future_column": None}]
 
 
 def test_files_committed_after_opening_are_seen_by_the_next_query(

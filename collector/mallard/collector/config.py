@@ -78,7 +78,11 @@ SETTINGS: Final = (
     ),
     Setting(name="max_request_bytes", parse=parse_size, help="largest request body (413 above)"),
     Setting(name="max_decompressed_bytes", parse=parse_size, help="largest body after gzip (413 above)"),
-    Setting(name="max_attributes", parse=int, help="attributes per item; items above are rejected"),
+    Setting(
+        name="max_attributes",
+        parse=int,
+        help="attributes per item, resource or scope; items above, or under one above, are rejected",
+    ),
     Setting(name="max_attribute_depth", parse=int, help="nesting depth of array/kvlist values"),
     Setting(
         name="max_concurrent_requests",

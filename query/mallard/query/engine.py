@@ -2,12 +2,15 @@
 
 Each table of the storage contract (`spans`, `metrics`, `logs`) is a view over
 `read_parquet('<root>/v1/<table>/**/*.parquet', hive_partitioning=true, union_by_name=true)`, so the
-hive columns `date` (DATE) and `hour` (BIGINT) follow the schema columns. DuckDB refuses a glob that
-matches no file, so while a table has no files its view is a typed empty relation with the same
-columns (built from the v1 Arrow schema). Before every query the store checks, for each table,
-whether files exist and redefines a view only when that answer changed: a store opened while empty
-sees files that the collector commits later, and a store whose files were all deleted reads as
-empty again. The check stops at the first file it finds.
+hive columns `date` (DATE) and `hour` (BIGINT) follow the schema columns. Columns are added within v1,
+so files of different ages hold different columns: the view is that read `UNION ALL BY NAME` under a
+typed empty relation of the v1 Arrow schema's columns. Every column of the schema is then there, in
+schema order, NULL in the rows of files written before it was added (even where no file has it yet);
+columns that only newer files have follow at the end. DuckDB refuses a glob that matches no file, so
+while a table has no files its view is the typed empty relation alone. Before every query the store
+checks, for each table, whether files exist and redefines a view only when that answer changed: a
+store opened while empty sees files that the collector commits later, and a store whose files were
+all deleted reads as empty again. The check stops at the first file it finds.
 
 Timestamps stay in UTC: the connection's `TimeZone` is `UTC`, so `TIMESTAMP WITH TIME ZONE` columns
 come back as `timestamp[us, tz=UTC]` and print with `+00`.
@@ -88,7 +91,9 @@ class Store:
             has_files = _has_files(table_dir(self._root, table))
             if self._has_files.get(table) == has_files:
                 continue
-            source = _parquet_select(self._root, table) if has_files else self._empty[table]
+            source = self._empty[table]
+            if has_files:
+                source += f" UNION ALL BY NAME {_parquet_select(self._root, table)}"
             self._connection.execute(f"CREATE OR REPLACE VIEW {table} AS {source}")
             self._has_files[table] = has_files
 

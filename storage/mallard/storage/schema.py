@@ -82,6 +82,8 @@ _RESOURCE_AND_SCOPE: Final = [
     pa.field("resource_attribute_types", ATTRIBUTES),
     pa.field("scope_name", pa.string()),
     pa.field("scope_version", pa.string()),
+    pa.field("scope_attributes", ATTRIBUTES),
+    pa.field("scope_attribute_types", ATTRIBUTES),
 ]
 
 SPANS: Final = pa.schema(

@@ -242,7 +242,7 @@ struct Ctx {
     I64Col flags, start_time, end_time, start_ns, end_ns, duration;
     I64Col dropped_attrs, dropped_events, dropped_links;
     PromCol *promoted;
-    AttrCols attrs, resource;
+    AttrCols attrs, resource, scope;
     Buf event_offsets, link_offsets;
     Py_ssize_t spans;
     /* events */
@@ -255,8 +255,8 @@ struct Ctx {
     I64Col ln_flags, ln_dropped;
     AttrCols ln_attrs;
     Py_ssize_t links;
-    /* the current resource */
-    AttrCols stage;
+    /* the current resource and scope, rendered once and copied into each of their spans */
+    AttrCols stage, scope_stage;
     Buf service;
     Value service_found;
     Value *found;          /* per promoted key: its last value in the current span */
@@ -1214,6 +1214,8 @@ static int convert_span(Ctx *cx, const uint8_t *p, const uint8_t *end, const Sco
         map_copy_row(cx, &cx->resource.types, &cx->stage.types) < 0 ||
         str_push(cx, &cx->scope_name, scope->name, scope->name_len) < 0 ||
         str_push(cx, &cx->scope_version, scope->version, scope->version_len) < 0 ||
+        map_copy_row(cx, &cx->scope.values, &cx->scope_stage.values) < 0 ||
+        map_copy_row(cx, &cx->scope.types, &cx->scope_stage.types) < 0 ||
         i64_push(&cx->dropped_attrs, (int64_t)dropped_attrs) < 0 ||
         i64_push(&cx->dropped_events, (int64_t)dropped_events) < 0 ||
         i64_push(&cx->dropped_links, (int64_t)dropped_links) < 0)
@@ -1242,6 +1244,26 @@ static int set_service(Ctx *cx) {
     return r;
 }
 
+/* The scope of a ScopeSpans [p, end), merged over repeats like the resource: its name and version
+ * (the last given win), its attributes concatenated and rendered into `cx->scope_stage`.
+ * 0 = done, 1 = attributes rejected (`cx->reason` says why), -1 = error. */
+static int render_scope(Ctx *cx, const uint8_t *p, const uint8_t *end, Scope *scope) {
+    Field f, n;
+    cx->kvs.len = 0;
+    while (next_field(&p, end, &f)) {
+        if (f.fn != 1 || f.wt != 2) continue;
+        const uint8_t *u = f.ptr, *uend = f.ptr + f.len;
+        while (next_field(&u, uend, &n)) {
+            if (n.wt != 2) continue;
+            if (n.fn == 1) scope->name = n.ptr, scope->name_len = n.len;
+            else if (n.fn == 2) scope->version = n.ptr, scope->version_len = n.len;
+            else if (n.fn == 3 && slices_push(&cx->kvs, n.ptr, n.len) < 0) return -1;
+        }
+    }
+    attrs_truncate(&cx->scope_stage, 0);
+    return render_attrs(cx, &cx->kvs, &cx->scope_stage, NULL, 0, NULL);
+}
+
 static int convert_resource_spans(Ctx *cx, const uint8_t *p, const uint8_t *end, Py_ssize_t ri) {
     Field f, s;
     /* the resource, merged over repeats: its attributes concatenated */
@@ -1265,21 +1287,17 @@ static int convert_resource_spans(Ctx *cx, const uint8_t *p, const uint8_t *end,
         if (f.fn != 2 || f.wt != 2) continue;
         const uint8_t *ss = f.ptr, *ssend = f.ptr + f.len, *t;
         Scope scope = {(const uint8_t *)"", (const uint8_t *)"", 0, 0};
-        for (t = ss; next_field(&t, ssend, &s);) {
-            if (s.fn != 1 || s.wt != 2) continue;
-            const uint8_t *u = s.ptr, *uend = s.ptr + s.len;
-            Field n;
-            while (next_field(&u, uend, &n)) {
-                if (n.wt != 2) continue;
-                if (n.fn == 1) scope.name = n.ptr, scope.name_len = n.len;
-                else if (n.fn == 2) scope.version = n.ptr, scope.version_len = n.len;
-            }
-        }
+        /* a resource over the limits rejects its spans before its scopes are looked at */
+        int scope_rejected = rejected ? 0 : render_scope(cx, ss, ssend, &scope);
+        if (scope_rejected < 0) return -1;
         Py_ssize_t pi = 0;
         for (t = ss; next_field(&t, ssend, &s);) {
             if (s.fn != 2 || s.wt != 2) continue;
             if (rejected) {
                 PyObject *where = PyUnicode_FromFormat("resource_spans[%zd].resource", ri);
+                if (add_rejection(cx, where) < 0) return -1;
+            } else if (scope_rejected) {
+                PyObject *where = PyUnicode_FromFormat("resource_spans[%zd].scope_spans[%zd].scope", ri, si);
                 if (add_rejection(cx, where) < 0) return -1;
             } else if (convert_span(cx, s.ptr, s.ptr + s.len, &scope, ri, si, pi) < 0) {
                 return -1;
@@ -1444,7 +1462,9 @@ static PyObject *build_batch(Ctx *cx) {
     if (put(cols, "attributes", map_array(&cx->attrs.values)) < 0 ||
         put(cols, "attribute_types", map_array(&cx->attrs.types)) < 0 ||
         put(cols, "resource_attributes", map_array(&cx->resource.values)) < 0 ||
-        put(cols, "resource_attribute_types", map_array(&cx->resource.types)) < 0)
+        put(cols, "resource_attribute_types", map_array(&cx->resource.types)) < 0 ||
+        put(cols, "scope_attributes", map_array(&cx->scope.values)) < 0 ||
+        put(cols, "scope_attribute_types", map_array(&cx->scope.types)) < 0)
         goto done;
     if (put(ev, "time", i64_array(&cx->ev_time, g.t_timestamp)) < 0 ||
         put(ev, "time_unix_nano", i64_array(&cx->ev_ns, g.t_int64)) < 0 ||
@@ -1525,7 +1545,7 @@ static Ctx *spare;
 
 #define N_STRS 15
 #define N_INTS 14
-#define N_ATTRS 5
+#define N_ATTRS 7
 
 static void ctx_columns(Ctx *cx, StrCol **strs, I64Col **ints, AttrCols **attrs) {
     StrCol *s[N_STRS] = {&cx->trace_id, &cx->span_id, &cx->parent_span_id, &cx->trace_state, &cx->name,
@@ -1535,7 +1555,8 @@ static void ctx_columns(Ctx *cx, StrCol **strs, I64Col **ints, AttrCols **attrs)
     I64Col *i[N_INTS] = {&cx->flags, &cx->start_time, &cx->end_time, &cx->start_ns, &cx->end_ns,
                          &cx->duration, &cx->dropped_attrs, &cx->dropped_events, &cx->dropped_links,
                          &cx->ev_time, &cx->ev_ns, &cx->ev_dropped, &cx->ln_flags, &cx->ln_dropped};
-    AttrCols *a[N_ATTRS] = {&cx->attrs, &cx->resource, &cx->ev_attrs, &cx->ln_attrs, &cx->stage};
+    AttrCols *a[N_ATTRS] = {&cx->attrs, &cx->resource, &cx->scope, &cx->ev_attrs, &cx->ln_attrs, &cx->stage,
+                            &cx->scope_stage};
     memcpy(strs, s, sizeof(s));
     memcpy(ints, i, sizeof(i));
     memcpy(attrs, a, sizeof(a));

@@ -35,7 +35,16 @@ if TYPE_CHECKING:
     from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 _DEFAULT_LIMITS: Final = Limits()
-_MAPS: Final = frozenset({"attributes", "attribute_types", "resource_attributes", "resource_attribute_types"})
+_MAPS: Final = frozenset(
+    {
+        "attributes",
+        "attribute_types",
+        "resource_attributes",
+        "resource_attribute_types",
+        "scope_attributes",
+        "scope_attribute_types",
+    }
+)
 
 
 class _LogColumns:
@@ -46,15 +55,18 @@ class _LogColumns:
         self.attributes = AttributeColumns()
         self.resources = AttributeColumns()  # one row per resource; `resource_rows` picks
         self.resource_rows: list[int] = []
+        self.scopes = AttributeColumns()  # one row per scope; `scope_rows` picks
+        self.scope_rows: list[int] = []
 
-    def close_scope(self, rows: int, context: tuple[int, str, str, str]) -> None:
+    def close_scope(self, rows: int, context: tuple[int, int, str, str, str]) -> None:
         """Fills the resource and scope columns of the `rows` records just appended."""
-        resource_row, service, scope_name, scope_version = context
+        resource_row, scope_row, service, scope_name, scope_version = context
         s = self.scalars
         s["service_name"].extend(repeat(service, rows))
         s["scope_name"].extend(repeat(scope_name, rows))
         s["scope_version"].extend(repeat(scope_version, rows))
         self.resource_rows.extend(repeat(resource_row, rows))
+        self.scope_rows.extend(repeat(scope_row, rows))
 
     def to_batch(self) -> pa.RecordBatch:
         arrays: dict[str, pa.Array] = {}
@@ -66,6 +78,8 @@ class _LogColumns:
         arrays["attributes"], arrays["attribute_types"] = self.attributes.to_arrow()
         resources = self.resources.to_arrow(self.resource_rows)
         arrays["resource_attributes"], arrays["resource_attribute_types"] = resources
+        scopes = self.scopes.to_arrow(self.scope_rows)
+        arrays["scope_attributes"], arrays["scope_attribute_types"] = scopes
         return pa.RecordBatch.from_arrays([arrays[name] for name in LOGS.names], schema=LOGS)
 
 
@@ -75,8 +89,8 @@ def logs_to_arrow(
     """Converts an OTLP logs export request; malformed protobuf raises PermanentError.
 
     `received_unix_nano` stands in for missing times. Records with malformed ids or over the
-    limits are rejected and counted, the rest kept. A time beyond int64 fails the whole
-    request with PermanentError.
+    limits, or whose resource or scope is over the limits, are rejected and counted, the rest
+    kept. A time beyond int64 fails the whole request with PermanentError.
     """
     try:
         request = ExportLogsServiceRequest.FromString(payload)
@@ -95,13 +109,18 @@ def logs_to_arrow(
         resource_row = cols.resources.rows - 1
         service = service_name_of(found)
         for si, scope_logs in enumerate(resource_logs.scope_logs):
-            records = scope_logs.log_records
+            records, scope = scope_logs.log_records, scope_logs.scope
+            try:
+                render_into(scope.attributes, cols.scopes, limits)
+            except PermanentError as exc:
+                for _ in records:
+                    rejections.add(f"resource_logs[{ri}].scope_logs[{si}].scope", str(exc))
+                continue
             rejected = _append_records(cols, records, limits, received_unix_nano)
             for index, reason in rejected:
                 where = f"resource_logs[{ri}].scope_logs[{si}].log_records[{index}]"
                 rejections.add(where, reason)
-            scope = scope_logs.scope
-            context = (resource_row, service, scope.name, scope.version)
+            context = (resource_row, cols.scopes.rows - 1, service, scope.name, scope.version)
             cols.close_scope(len(records) - len(rejected), context)
     return Converted(
         table="logs", batch=cols.to_batch(), rejected=rejections.count, message=rejections.message()

@@ -51,7 +51,14 @@ _SCALAR_LISTS: Final = (
     "positive_bucket_counts",
     "negative_bucket_counts",
 )
-_MAPS: Final = {"attributes", "attribute_types", "resource_attributes", "resource_attribute_types"}
+_MAPS: Final = {
+    "attributes",
+    "attribute_types",
+    "resource_attributes",
+    "resource_attribute_types",
+    "scope_attributes",
+    "scope_attribute_types",
+}
 _NOT_SCALAR: Final = frozenset({*_MAPS, "exemplars", "quantiles", *_SCALAR_LISTS})
 
 # Point columns each metric type fills; its rows hold NULL in the others. Besides these, every
@@ -212,6 +219,8 @@ class _MetricColumns:
         self.attributes = AttributeColumns()
         self.resources = AttributeColumns()  # one row per resource; `resource_rows` picks
         self.resource_rows: list[int] = []
+        self.scopes = AttributeColumns()  # one row per scope; `scope_rows` picks
+        self.scope_rows: list[int] = []
         pads: dict[str, Callable[[int], None]] = {
             "exemplars": self.exemplars.add_nulls,
             "quantiles": self.quantiles.add_nulls,
@@ -250,9 +259,11 @@ class _MetricColumns:
         s["flags"].append(point.flags)
         return True
 
-    def close_metric(self, metric: Metric, kind: str, rows: int, context: tuple[int, str, str, str]) -> None:
+    def close_metric(
+        self, metric: Metric, kind: str, rows: int, context: tuple[int, int, str, str, str]
+    ) -> None:
         """Fills the metric's and the NULL columns of the `rows` points just admitted."""
-        resource_row, service, scope_name, scope_version = context
+        resource_row, scope_row, service, scope_name, scope_version = context
         temporality: str | None = None
         monotonic: bool | None = None
         if kind == "sum":
@@ -276,6 +287,7 @@ class _MetricColumns:
         ):
             s[name].extend(repeat(value, rows))
         self.resource_rows.extend(repeat(resource_row, rows))
+        self.scope_rows.extend(repeat(scope_row, rows))
         for pad in self.pads[kind]:
             pad(rows)
 
@@ -290,6 +302,8 @@ class _MetricColumns:
         arrays["attributes"], arrays["attribute_types"] = self.attributes.to_arrow()
         resources = self.resources.to_arrow(self.resource_rows)
         arrays["resource_attributes"], arrays["resource_attribute_types"] = resources
+        scopes = self.scopes.to_arrow(self.scope_rows)
+        arrays["scope_attributes"], arrays["scope_attribute_types"] = scopes
         return pa.RecordBatch.from_arrays([arrays[name] for name in METRICS.names], schema=METRICS)
 
 
@@ -328,8 +342,9 @@ def metrics_to_arrow(
 ) -> Converted:
     """Converts an OTLP metrics export request; malformed protobuf raises PermanentError.
 
-    Data points of a metric without a name, over the limits, or with an exemplar whose id is
-    malformed are rejected and counted, the rest kept. A metric without data has no points.
+    Data points of a metric without a name, over the limits, with an exemplar whose id is
+    malformed, or whose resource or scope is over the limits are rejected and counted, the rest
+    kept. A metric without data has no points.
     A time or count beyond int64 fails the whole request with PermanentError.
     """
     del received_unix_nano  # data points carry their own times
@@ -344,15 +359,21 @@ def metrics_to_arrow(
             found = render_into(resource_metrics.resource.attributes, cols.resources, limits, SERVICE_KEY)
         except PermanentError as exc:
             for scope_metrics in resource_metrics.scope_metrics:
-                for metric in scope_metrics.metrics:
-                    for _ in _points_of(metric, metric.WhichOneof("data")):
-                        rejections.add(f"resource_metrics[{ri}].resource", str(exc))
+                _reject_points(
+                    rejections, scope_metrics.metrics, f"resource_metrics[{ri}].resource", str(exc)
+                )
             continue
         resource_row = cols.resources.rows - 1
         service = service_name_of(found)
         for si, scope_metrics in enumerate(resource_metrics.scope_metrics):
             scope = scope_metrics.scope
-            context = (resource_row, service, scope.name, scope.version)
+            try:
+                render_into(scope.attributes, cols.scopes, limits)
+            except PermanentError as exc:
+                where = f"resource_metrics[{ri}].scope_metrics[{si}].scope"
+                _reject_points(rejections, scope_metrics.metrics, where, str(exc))
+                continue
+            context = (resource_row, cols.scopes.rows - 1, service, scope.name, scope.version)
             for mi, metric in enumerate(scope_metrics.metrics):
                 kind = metric.WhichOneof("data")
                 points = _points_of(metric, kind)
@@ -373,6 +394,13 @@ def metrics_to_arrow(
 
 def _points_of(metric: Metric, kind: str | None) -> Sequence[_Point]:
     return () if kind is None else getattr(metric, kind).data_points
+
+
+def _reject_points(rejections: Rejections, metrics: Iterable[Metric], where: str, reason: str) -> None:
+    """Rejects every data point of `metrics` (their resource or scope is over the limits)."""
+    for metric in metrics:
+        for _ in _points_of(metric, metric.WhichOneof("data")):
+            rejections.add(where, reason)
 
 
 def _append_numbers(cols: _MetricColumns, points: Sequence[NumberDataPoint], path: _Path) -> int:

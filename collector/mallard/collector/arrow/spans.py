@@ -88,7 +88,16 @@ def _as_int(value: object) -> int | None:
 
 
 _NESTED: Final = frozenset(
-    {"attributes", "attribute_types", "resource_attributes", "resource_attribute_types", "events", "links"}
+    {
+        "attributes",
+        "attribute_types",
+        "resource_attributes",
+        "resource_attribute_types",
+        "scope_attributes",
+        "scope_attribute_types",
+        "events",
+        "links",
+    }
 )
 
 
@@ -100,6 +109,8 @@ class _SpanColumns:
         self.attributes = AttributeColumns()
         self.resources = AttributeColumns()  # one row per resource; `resource_rows` picks per span
         self.resource_rows: list[int] = []
+        self.scopes = AttributeColumns()  # one row per scope; `scope_rows` picks per span
+        self.scope_rows: list[int] = []
         self.event_offsets: list[int] = [0]
         self.event_rows: dict[str, list[object]] = {
             "time": [],
@@ -138,6 +149,7 @@ class _SpanColumns:
         arrays["resource_attributes"], arrays["resource_attribute_types"] = self.resources.to_arrow(
             self.resource_rows
         )
+        arrays["scope_attributes"], arrays["scope_attribute_types"] = self.scopes.to_arrow(self.scope_rows)
         arrays["events"] = _list_of_structs(self.event_offsets, self.event_rows, self.event_attributes, EVENT)
         arrays["links"] = _list_of_structs(self.link_offsets, self.link_rows, self.link_attributes, LINK)
         return pa.RecordBatch.from_arrays([arrays[name] for name in SPANS.names], schema=SPANS)
@@ -164,9 +176,10 @@ def spans_to_arrow(
 ) -> Converted:
     """Converts an OTLP trace export request; malformed protobuf raises PermanentError.
 
-    Spans with malformed ids or over the limits are rejected and counted, the rest kept. The native
-    converter does the work where it is built (it returns None for the rare request it leaves to
-    Python); `spans_to_arrow_python` is the reference it is tested against.
+    Spans with malformed ids or over the limits, or whose resource or scope is over the limits, are
+    rejected and counted, the rest kept. The native converter does the work where it is built (it
+    returns None for the rare request it leaves to Python); `spans_to_arrow_python` is the reference
+    it is tested against.
     """
     if _native_convert is not None:
         done = _native_convert(payload, limits.max_attributes, limits.max_depth)
@@ -197,7 +210,7 @@ def spans_to_arrow_python(
     scope_names, scope_versions = s["scope_name"], s["scope_version"]
     dropped_attrs = s["dropped_attributes_count"]
     dropped_events, dropped_links = s["dropped_events_count"], s["dropped_links_count"]
-    resource_rows = cols.resource_rows
+    resource_rows, scope_rows = cols.resource_rows, cols.scope_rows
     promoted_lists = [s[name] for name in _PROMOTED_COLUMNS]
     no_promoted = [None] * len(_PROMOTED_COLUMNS)
     ev = cols.event_rows
@@ -220,6 +233,13 @@ def spans_to_arrow_python(
         service = service_name_of(found)
         for si, scope_spans in enumerate(resource_spans.scope_spans):
             scope = scope_spans.scope
+            try:
+                render_into(scope.attributes, cols.scopes, limits)
+            except PermanentError as exc:
+                for _ in scope_spans.spans:
+                    rejections.add(f"resource_spans[{ri}].scope_spans[{si}].scope", str(exc))
+                continue
+            scope_row = cols.scopes.rows - 1
             scope_name, scope_version = scope.name, scope.version
             for pi, span in enumerate(scope_spans.spans):
                 try:
@@ -268,6 +288,7 @@ def spans_to_arrow_python(
                 resource_rows.append(resource_row)
                 scope_names.append(scope_name)
                 scope_versions.append(scope_version)
+                scope_rows.append(scope_row)
                 dropped_attrs.append(span.dropped_attributes_count)
                 dropped_events.append(span.dropped_events_count)
                 dropped_links.append(span.dropped_links_count)
