@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import urllib.request
 from pathlib import Path
 
+import pytest
 from harness import MallardServer, query, run_cli, start_server, wait_for_rows
 
 
@@ -79,3 +81,16 @@ def test_a_second_server_on_the_same_store_is_refused(server: MallardServer) -> 
     assert "in use by another mallard process" in done.stderr
     assert "Traceback" not in done.stderr
     assert server.process.poll() is None  # the first one serves on
+
+
+@pytest.mark.parametrize("taken", ["--grpc-port", "--http-port"])
+def test_a_taken_port_is_a_one_line_error(tmp_path: Path, taken: str) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = str(holder.getsockname()[1])
+        flags = {"--grpc-port": "0", "--http-port": "0", taken: port}
+        done = run_cli(["serve", "--data", str(tmp_path / "data"), *(x for kv in flags.items() for x in kv)])
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("mallard serve: error: cannot listen on 127.0.0.1")
+    assert "Traceback" not in done.stderr

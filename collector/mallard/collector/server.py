@@ -22,6 +22,7 @@ import uvicorn
 from mallard.collector.arrow import Converted, Limits
 from mallard.collector.batcher import Batcher, BatcherSettings
 from mallard.collector.config import CollectorConfig
+from mallard.collector.errors import StorageUnavailableError
 from mallard.collector.grpc_receiver import create_grpc_server
 from mallard.collector.http_receiver import OtlpHttpApp
 from mallard.collector.ingest import Ingest
@@ -154,23 +155,13 @@ async def _serve_locked(
     metrics.gauge("mallard_queue_bytes", ingest.queue_bytes)
     metrics.gauge("mallard_wal_bytes", wal.size_bytes)
 
-    reuse_port = config.workers > 1
-    grpc_server = create_grpc_server(
-        ingest,
-        max_request_bytes=config.max_request_bytes,
-        auth_token=config.auth_token,
-        reuse_port=reuse_port,
-        max_concurrent_requests=config.max_concurrent_requests,
-    )
-    address = f"{config.host}:{config.grpc_port}"
-    if config.tls_cert is not None and config.tls_key is not None:
-        credentials = grpc.ssl_server_credentials(
-            [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())]
-        )
-        grpc_port = grpc_server.add_secure_port(address, credentials)
-    else:
-        grpc_port = grpc_server.add_insecure_port(address)
-    http_socket = _listen_socket(config.host, config.http_port, reuse_port=reuse_port)
+    try:
+        grpc_server, grpc_port, http_socket = _bind(config, ingest)
+    except (OSError, RuntimeError) as exc:  # a port taken or not ours to take: nothing was acked yet
+        ingest.close()
+        wal.close()
+        batcher.close()
+        raise StorageUnavailableError(f"cannot listen on {config.host}: {exc}") from None
     app = OtlpHttpApp(
         ingest,
         metrics=metrics,
@@ -213,6 +204,28 @@ async def _serve_locked(
         batcher.close()
         wal.release_upto(batcher.committed_lsn())
         logger.info("%s stopped: everything acknowledged is in Parquet", writer)
+
+
+def _bind(config: CollectorConfig, ingest: Ingest) -> tuple[grpc.aio.Server, int, socket.socket]:
+    """The gRPC server with its port, and the HTTP listening socket; raises OSError/RuntimeError."""
+    reuse_port = config.workers > 1
+    grpc_server = create_grpc_server(
+        ingest,
+        max_request_bytes=config.max_request_bytes,
+        auth_token=config.auth_token,
+        reuse_port=reuse_port,
+        max_concurrent_requests=config.max_concurrent_requests,
+    )
+    address = f"{config.host}:{config.grpc_port}"
+    if config.tls_cert is not None and config.tls_key is not None:
+        credentials = grpc.ssl_server_credentials(
+            [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())]
+        )
+        grpc_port = grpc_server.add_secure_port(address, credentials)
+    else:
+        grpc_port = grpc_server.add_insecure_port(address)
+    http_socket = _listen_socket(config.host, config.http_port, reuse_port=reuse_port)
+    return grpc_server, grpc_port, http_socket
 
 
 async def _report_self_metrics(
