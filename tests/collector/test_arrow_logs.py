@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, SeverityNumber
+from otlp_values import kv
 
 from mallard.collector.arrow import CONVERTERS, TABLE_OF_SIGNAL, Limits, logs_to_arrow
 from mallard.collector.errors import PermanentError
@@ -27,18 +28,6 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 def ts(ns: int) -> datetime:
     return EPOCH + timedelta(microseconds=ns // 1000)
-
-
-def kv(key: str, value: object) -> KeyValue:
-    if isinstance(value, bool):
-        return KeyValue(key=key, value=AnyValue(bool_value=value))
-    if isinstance(value, int):
-        return KeyValue(key=key, value=AnyValue(int_value=value))
-    if isinstance(value, float):
-        return KeyValue(key=key, value=AnyValue(double_value=value))
-    if isinstance(value, bytes):
-        return KeyValue(key=key, value=AnyValue(bytes_value=value))
-    return KeyValue(key=key, value=AnyValue(string_value=str(value)))
 
 
 def add_resource(

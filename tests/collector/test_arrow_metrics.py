@@ -22,6 +22,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     ResourceMetrics,
     SummaryDataPoint,
 )
+from otlp_values import kv
 
 from mallard.collector.arrow import (
     CONVERTERS,
@@ -39,18 +40,6 @@ T1 = T0 + 10_000_000_000
 TRACE_ID = bytes.fromhex("5b8efff798038103d269b633813fc60c")
 SPAN_ID = bytes.fromhex("eee19b7ec3c1b174")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def kv(key: str, value: object) -> KeyValue:
-    if isinstance(value, bool):
-        return KeyValue(key=key, value=AnyValue(bool_value=value))
-    if isinstance(value, int):
-        return KeyValue(key=key, value=AnyValue(int_value=value))
-    if isinstance(value, float):
-        return KeyValue(key=key, value=AnyValue(double_value=value))
-    if isinstance(value, bytes):
-        return KeyValue(key=key, value=AnyValue(bytes_value=value))
-    return KeyValue(key=key, value=AnyValue(string_value=str(value)))
 
 
 def request(

@@ -174,6 +174,18 @@ LOGS: Final = pa.schema(
     ]
 )
 
+# The attribute-map columns every table has (each built by the converters from OTLP KeyValues).
+ATTRIBUTE_MAP_COLUMNS: Final = frozenset(
+    {
+        "attributes",
+        "attribute_types",
+        "resource_attributes",
+        "resource_attribute_types",
+        "scope_attributes",
+        "scope_attribute_types",
+    }
+)
+
 SCHEMAS: Final[dict[str, pa.Schema]] = {"spans": SPANS, "metrics": METRICS, "logs": LOGS}
 
 # The column each table is partitioned on (date=/hour= directories).

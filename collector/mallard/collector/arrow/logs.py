@@ -27,7 +27,7 @@ from mallard.collector.arrow.attributes import (
 )
 from mallard.collector.arrow.outcome import Converted, Rejections, optional_id
 from mallard.collector.errors import PermanentError
-from mallard.storage.schema import LOGS
+from mallard.storage.schema import ATTRIBUTE_MAP_COLUMNS, LOGS
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -35,23 +35,13 @@ if TYPE_CHECKING:
     from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 _DEFAULT_LIMITS: Final = Limits()
-_MAPS: Final = frozenset(
-    {
-        "attributes",
-        "attribute_types",
-        "resource_attributes",
-        "resource_attribute_types",
-        "scope_attributes",
-        "scope_attribute_types",
-    }
-)
 
 
 class _LogColumns:
     """Column lists for the rows of one request."""
 
     def __init__(self) -> None:
-        self.scalars: dict[str, list[object]] = {n: [] for n in LOGS.names if n not in _MAPS}
+        self.scalars: dict[str, list[object]] = {n: [] for n in LOGS.names if n not in ATTRIBUTE_MAP_COLUMNS}
         self.attributes = AttributeColumns()
         self.resources = AttributeColumns()  # one row per resource; `resource_rows` picks
         self.resource_rows: list[int] = []

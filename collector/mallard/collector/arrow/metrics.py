@@ -25,7 +25,7 @@ from mallard.collector.arrow.attributes import (
 )
 from mallard.collector.arrow.outcome import Converted, Rejections, optional_id
 from mallard.collector.errors import PermanentError
-from mallard.storage.schema import EXEMPLAR, METRICS, QUANTILE
+from mallard.storage.schema import ATTRIBUTE_MAP_COLUMNS, EXEMPLAR, METRICS, QUANTILE
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -51,15 +51,7 @@ _SCALAR_LISTS: Final = (
     "positive_bucket_counts",
     "negative_bucket_counts",
 )
-_MAPS: Final = {
-    "attributes",
-    "attribute_types",
-    "resource_attributes",
-    "resource_attribute_types",
-    "scope_attributes",
-    "scope_attribute_types",
-}
-_NOT_SCALAR: Final = frozenset({*_MAPS, "exemplars", "quantiles", *_SCALAR_LISTS})
+_NOT_SCALAR: Final = frozenset({*ATTRIBUTE_MAP_COLUMNS, "exemplars", "quantiles", *_SCALAR_LISTS})
 
 # Point columns each metric type fills; its rows hold NULL in the others. Besides these, every
 # point has its times, flags and attributes, and every row the columns of its metric.

@@ -20,7 +20,7 @@ from mallard.collector.arrow.attributes import (
 )
 from mallard.collector.arrow.outcome import Converted, Rejections, hex_id
 from mallard.collector.errors import PermanentError
-from mallard.storage.schema import EVENT, LINK, SPAN_PROMOTED, SPANS
+from mallard.storage.schema import ATTRIBUTE_MAP_COLUMNS, EVENT, LINK, SPAN_PROMOTED, SPANS
 
 KINDS: Final = ("UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
 STATUS_CODES: Final = ("UNSET", "OK", "ERROR")
@@ -87,18 +87,7 @@ def _as_int(value: object) -> int | None:
     return number if number is not None and _INT64_MIN <= number <= _INT64_MAX else None
 
 
-_NESTED: Final = frozenset(
-    {
-        "attributes",
-        "attribute_types",
-        "resource_attributes",
-        "resource_attribute_types",
-        "scope_attributes",
-        "scope_attribute_types",
-        "events",
-        "links",
-    }
-)
+_NESTED: Final = frozenset({*ATTRIBUTE_MAP_COLUMNS, "events", "links"})
 
 
 class _SpanColumns:
