@@ -63,7 +63,7 @@ typedef struct {
     PyObject *batch_from_arrays;
     PyObject *t_string, *t_int64, *t_int32, *t_timestamp, *t_attributes;
     PyObject *event_fields, *link_fields, *schema, *names;
-    PyObject *permanent_error, *kv_from_string, *render_other;
+    PyObject *permanent_error, *kv_from_string, *render_other, *text_of;
     PyObject *s_value, *s_which_oneof, *s_string_value;
     PyObject *kinds, *status_codes;      /* tuples of str */
     PromotedSpec *promoted;
@@ -716,7 +716,7 @@ static int push_cstr(Ctx *cx, StrCol *c, const char *s) { return str_push(cx, c,
 static int push_str_of(Ctx *cx, StrCol *c, PyObject *obj, int none_is_null) {
     if (obj == Py_None && none_is_null) return str_null(c);
     if (PyUnicode_Check(obj)) return push_unicode(cx, c, obj);
-    PyObject *text = PyObject_Str(obj);
+    PyObject *text = PyObject_CallFunctionObjArgs(g.text_of, obj, NULL);  /* as the maps show it */
     if (!text) return -1;
     int r = push_unicode(cx, c, text);
     Py_DECREF(text);
@@ -1234,7 +1234,7 @@ static int set_service(Ctx *cx) {
     if (v->kind == V_STRING) return buf_put(&cx->service, v->ptr, v->len);
     PyObject *obj = value_object(v);
     if (!obj) return -1;
-    PyObject *text = PyObject_Str(obj);
+    PyObject *text = PyObject_CallFunctionObjArgs(g.text_of, obj, NULL);  /* as the maps show it */
     Py_DECREF(obj);
     if (!text) return -1;
     Py_ssize_t n;
@@ -1717,7 +1717,7 @@ static void state_free(State *s) {
                          &s->list_from_arrays, &s->batch_from_arrays, &s->t_string, &s->t_int64,
                          &s->t_int32, &s->t_timestamp, &s->t_attributes, &s->event_fields,
                          &s->link_fields, &s->schema, &s->names, &s->permanent_error,
-                         &s->kv_from_string, &s->render_other, &s->s_value, &s->s_which_oneof,
+                         &s->kv_from_string, &s->render_other, &s->text_of, &s->s_value, &s->s_which_oneof,
                          &s->s_string_value, &s->kinds, &s->status_codes, &s->promoted_key_objs};
     for (size_t i = 0; i < sizeof(objs) / sizeof(objs[0]); i++) Py_CLEAR(*objs[i]);
     if (s->promoted) {
@@ -1832,6 +1832,7 @@ static int load_state(State *s) {
     GET(s->names, PyObject_GetAttrString(s->schema, "names"));
     GET(s->permanent_error, import_attr("mallard.collector.errors", "PermanentError"));
     GET(s->render_other, import_attr("mallard.collector.arrow.attributes", "render_other"));
+    GET(s->text_of, import_attr("mallard.collector.arrow.attributes", "text_of"));
     GET(kv_cls, import_attr("opentelemetry.proto.common.v1.common_pb2", "KeyValue"));
     GET(s->kv_from_string, PyObject_GetAttrString(kv_cls, "FromString"));
     GET(spans_mod, PyImport_ImportModule("mallard.collector.arrow.spans"));

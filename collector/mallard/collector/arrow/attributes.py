@@ -174,10 +174,27 @@ class AttributeColumns:
         return values.take(indices), types.take(indices)
 
 
+def text_of(value: object) -> str:
+    """A raw attribute value (as `render_into` reports it) as the text the attribute maps hold for it:
+    `true`, `42`, `1.5`, base64 for bytes, compact JSON for arrays and kvlists, '' for an empty value."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    return _dumps(value)
+
+
 def service_name_of(found: dict[str, object] | None) -> str:
     """The service name among a resource's rendered attributes ('' when it names none)."""
-    service = (found or {}).get("service.name", "")
-    return service if isinstance(service, str) else str(service)
+    return text_of((found or {}).get("service.name", ""))
 
 
 SERVICE_KEY: Final = frozenset({"service.name"})

@@ -17,6 +17,7 @@ from mallard.collector.arrow.attributes import (
     Limits,
     render_into,
     service_name_of,
+    text_of,
 )
 from mallard.collector.arrow.outcome import Converted, Rejections, hex_id
 from mallard.collector.errors import PermanentError
@@ -64,8 +65,8 @@ def _promoted(found: dict[str, object]) -> list[object]:
                 break
         if pa.types.is_integer(typ):
             value = _as_int(value)
-        elif value is not None and not isinstance(value, str):
-            value = str(value)
+        elif value is not None:
+            value = text_of(value)  # a non-string value reads as the attribute map shows it
         row.append(value)
     return row
 
