@@ -17,6 +17,7 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     from mallard.collector.config import add_arguments
     from mallard.query.cli import add_sql_arguments
+    from mallard.query.shell import add_shell_arguments
 
     parser = argparse.ArgumentParser(
         prog="mallard",
@@ -37,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run SQL through DuckDB over the views spans, metrics and logs.",
     )
     add_sql_arguments(sql)
+    shell = commands.add_parser(
+        "shell",
+        help="an interactive SQL prompt over the store's spans, metrics and logs views",
+        description="Read SQL statements (ending with ';') from stdin and print each result. "
+        "Commands: .tables, .help, .exit.",
+    )
+    add_shell_arguments(shell)
     return parser
 
 
@@ -66,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "shell":
+        from mallard.query.shell import run_shell
+
+        return run_shell(args)
     from mallard.query.cli import run_sql
 
     return run_sql(args)

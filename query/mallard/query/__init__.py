@@ -1,11 +1,11 @@
-"""SQL over a mallard store: `Store` (DuckDB views `spans`, `metrics`, `logs`), result formatting and
-the `mallard sql` command."""
+"""SQL over a mallard store: `Store` (DuckDB views `spans`, `metrics`, `logs`), typed trace queries,
+a read-only SQL sandbox, result formatting, and the `mallard sql` / `mallard shell` commands."""
 
 from __future__ import annotations
 
 from mallard.query.cli import add_sql_arguments, run_sql
 from mallard.query.engine import Store
-from mallard.query.errors import QueryError
+from mallard.query.errors import QueryError, SqlRefused, SqlTimeout
 from mallard.query.output import (
     JsonValue,
     format_csv,
@@ -13,15 +13,49 @@ from mallard.query.output import (
     format_table,
     to_json_rows,
 )
+from mallard.query.sandbox import SqlLimits, SqlResult, SqlSandbox
+from mallard.query.timerange import InvalidArgument, TimeRange, time_range
+from mallard.query.traces import (
+    Edge,
+    ServiceStats,
+    Span,
+    SpanEvent,
+    SpanLink,
+    Trace,
+    TraceSummary,
+    get_trace,
+    search_traces,
+    service_map,
+    services,
+)
 
 __all__ = [
+    "Edge",
+    "InvalidArgument",
     "JsonValue",
     "QueryError",
+    "ServiceStats",
+    "Span",
+    "SpanEvent",
+    "SpanLink",
+    "SqlLimits",
+    "SqlRefused",
+    "SqlResult",
+    "SqlSandbox",
+    "SqlTimeout",
     "Store",
+    "TimeRange",
+    "Trace",
+    "TraceSummary",
     "add_sql_arguments",
     "format_csv",
     "format_json",
     "format_table",
+    "get_trace",
     "run_sql",
+    "search_traces",
+    "service_map",
+    "services",
+    "time_range",
     "to_json_rows",
 ]

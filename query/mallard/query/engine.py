@@ -19,6 +19,7 @@ come back as `timestamp[us, tz=UTC]` and print with `+00`.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
@@ -43,11 +44,10 @@ class Store:
     def __init__(self, root: Path | str) -> None:
         self._root = Path(root)
         self._lock = threading.Lock()
-        self._has_files: dict[str, bool] = {}
         self._connection = duckdb.connect(":memory:")
         try:
             self._connection.execute("SET TimeZone = 'UTC'")
-            self._empty = {table: _empty_select(self._connection, table) for table in TABLES}
+            self._views = TableViews(self._connection, self._root)
         except duckdb.Error as error:
             self._connection.close()
             raise QueryError(str(error)) from error
@@ -56,15 +56,16 @@ class Store:
     def root(self) -> Path:
         return self._root
 
-    def sql(self, query: str) -> pa.Table:
+    def sql(self, query: str, params: Sequence[object] | None = None) -> pa.Table:
         """Runs `query` (several `;`-separated statements: the last one's result) and returns its rows.
 
+        `params` fill the query's `?` placeholders: caller values never go into SQL text.
         Raises `QueryError` with DuckDB's message when DuckDB rejects the query.
         """
         with self._lock:
             try:
-                self._refresh_views()
-                relation = self._connection.sql(query)
+                self._views.refresh()
+                relation = self._connection.sql(query, params=list(params) if params is not None else None)
                 if relation is None:  # no statement at all
                     return pa.table({})
                 return relation.to_arrow_table()
@@ -86,7 +87,21 @@ class Store:
     ) -> None:
         self.close()
 
-    def _refresh_views(self) -> None:
+
+class TableViews:
+    """The views `spans`, `metrics`, `logs` of the store under `root`, defined on `connection`.
+
+    Call `refresh()` before every query (under the same lock as the query): it redefines a view only
+    when its table gained its first file or lost its last one.
+    """
+
+    def __init__(self, connection: duckdb.DuckDBPyConnection, root: Path) -> None:
+        self._connection = connection
+        self._root = root
+        self._has_files: dict[str, bool] = {}
+        self._empty = {table: _empty_select(connection, table) for table in TABLES}
+
+    def refresh(self) -> None:
         for table in TABLES:
             has_files = _has_files(table_dir(self._root, table))
             if self._has_files.get(table) == has_files:

@@ -1,0 +1,400 @@
+"""Typed trace queries over a `Store`: one trace, trace search, per-service RED figures, service map.
+
+These are the functions the HTTP API and the UI share; they answer frozen dataclasses, not Arrow.
+Caller values only ever reach DuckDB as `?` parameters. Time ranges are half-open, `[start, end)`,
+on span `start_time`, and prune the hive partitions (`timerange.partition_predicate`).
+
+Definitions:
+
+- **root** of a trace: its span with `parent_span_id = ''` (the earliest if there are several); when
+  the trace has none (the root was not received), its earliest span. Ties break on `span_id`.
+- **entry span** (what `services` counts as a request): a span of kind `SERVER` or `CONSUMER`, or a
+  root span (`parent_span_id = ''`) of any kind, such as a batch job's `INTERNAL` root.
+- **edge** (`service_map`): a span whose parent span (same trace) belongs to another service; the
+  parent's service calls the span's service. Both spans must start within the range.
+- **error**: `status_code = 'ERROR'`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+import pyarrow as pa
+
+from mallard.query.engine import Store
+from mallard.query.timerange import (
+    InvalidArgument,
+    TimeRange,
+    from_unix_nano,
+    partition_predicate,
+    time_range,
+)
+
+TRACE_ID: Final = re.compile(r"[0-9a-fA-F]{32}")
+STATUSES: Final = ("ok", "error", "unset")
+MAX_SEARCH_LIMIT: Final = 10_000
+
+Attributes = dict[str, str | None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpanEvent:
+    time: datetime
+    time_unix_nano: int
+    name: str
+    attributes: Attributes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpanLink:
+    trace_id: str
+    span_id: str
+    trace_state: str
+    attributes: Attributes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Span:
+    trace_id: str
+    span_id: str
+    parent_span_id: str  # '' for a root span
+    name: str
+    kind: str  # SERVER, CLIENT, …
+    service_name: str
+    start_time: datetime
+    end_time: datetime
+    start_time_unix_nano: int
+    end_time_unix_nano: int
+    duration_ns: int
+    status_code: str  # UNSET, OK or ERROR
+    status_message: str
+    attributes: Attributes
+    resource_attributes: Attributes
+    scope_name: str
+    events: tuple[SpanEvent, ...]
+    links: tuple[SpanLink, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Trace:
+    trace_id: str
+    spans: tuple[Span, ...]  # ordered by start time, then span id
+    root: Span  # see the module docstring
+    start_time: datetime
+    duration_ns: int  # latest end minus earliest start
+    error_count: int
+    services: tuple[str, ...]  # sorted
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TraceSummary:
+    trace_id: str
+    root_service: str
+    root_operation: str
+    start_time: datetime
+    start_time_unix_nano: int
+    duration_ns: int
+    span_count: int
+    error_count: int
+    services: tuple[str, ...]  # sorted
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceStats:
+    service_name: str
+    request_count: int  # entry spans in the range
+    request_rate: float  # per second of the range
+    error_count: int
+    error_rate: float  # error_count / request_count; 0.0 without requests
+    p50_ns: float | None  # duration percentiles of the entry spans; None without requests
+    p95_ns: float | None
+    p99_ns: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Edge:
+    caller: str
+    callee: str
+    call_count: int
+    error_count: int  # callee spans with status ERROR
+    p50_ns: float  # duration percentiles of the callee spans
+    p95_ns: float
+
+
+def get_trace(
+    store: Store, trace_id: str, *, start: datetime | None = None, end: datetime | None = None
+) -> Trace | None:
+    """All spans of `trace_id` (32 hex digits, any case), or None when the store has none.
+
+    `start`/`end`, when both given, limit the read to the spans starting in that range (the UI knows
+    the range a trace was found in); otherwise every partition is read.
+    """
+    trace_id = _trace_id(trace_id)
+    where = "trace_id = ?"
+    params: list[object] = [trace_id]
+    if start is not None or end is not None:
+        if start is None or end is None:
+            raise InvalidArgument("give both start and end, or neither")
+        where += " AND " + _range_predicate(time_range(start, end), params)
+    rows = _sql(
+        store,
+        "SELECT trace_id, span_id, parent_span_id, name, kind, service_name, start_time_unix_nano,"
+        " end_time_unix_nano, duration, status_code, status_message, attributes, resource_attributes,"
+        f" scope_name, events, links FROM spans WHERE {where}"
+        " ORDER BY start_time_unix_nano, span_id",
+        params,
+    ).to_pylist()
+    if not rows:
+        return None
+    spans = tuple(_span(row) for row in rows)
+    roots = [span for span in spans if span.parent_span_id == ""]
+    first = min(span.start_time_unix_nano for span in spans)
+    last = max(span.end_time_unix_nano for span in spans)
+    return Trace(
+        trace_id=trace_id,
+        spans=spans,
+        root=roots[0] if roots else spans[0],
+        start_time=from_unix_nano(first),
+        duration_ns=last - first,
+        error_count=sum(span.status_code == "ERROR" for span in spans),
+        services=tuple(sorted({span.service_name for span in spans})),
+    )
+
+
+def search_traces(
+    store: Store,
+    *,
+    start: datetime,
+    end: datetime,
+    service: str | None = None,
+    operation: str | None = None,
+    min_duration_ns: int | None = None,
+    max_duration_ns: int | None = None,
+    status: str | None = None,
+    attributes: Mapping[str, str] | None = None,
+    limit: int = 20,
+) -> list[TraceSummary]:
+    """Traces with at least one span in `[start, end)` that matches every given filter, newest first.
+
+    The filters apply to one span together (`service` and `operation` on the same span); durations are
+    inclusive bounds in nanoseconds; `status` is `ok`, `error` or `unset`; `attributes` match span
+    attributes by their stored text (`{"http.status_code": "500"}`). Traces are ranked by their
+    earliest span in the range; each summary covers all spans of the trace, in the range or not.
+    """
+    range_params: list[object] = []
+    in_range = _range_predicate(time_range(start, end), range_params)
+    terms, term_params = _span_terms(
+        service=service,
+        operation=operation,
+        min_duration_ns=min_duration_ns,
+        max_duration_ns=max_duration_ns,
+        status=status,
+        attributes=attributes,
+    )
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_SEARCH_LIMIT:
+        raise InvalidArgument(f"limit must be between 1 and {MAX_SEARCH_LIMIT}, got {limit!r}")
+    span_filter = " AND ".join([in_range, *terms])
+    query = f"""
+        WITH matched AS (SELECT DISTINCT trace_id FROM spans WHERE {span_filter}),
+        chosen AS (
+            SELECT trace_id, min(start_time_unix_nano) AS first_start FROM spans
+            WHERE {in_range} AND trace_id IN (SELECT trace_id FROM matched)
+            GROUP BY trace_id ORDER BY first_start DESC, trace_id LIMIT ?
+        )
+        SELECT trace_id,
+            arg_min(service_name, (parent_span_id <> '', start_time_unix_nano, span_id)) AS root_service,
+            arg_min(name, (parent_span_id <> '', start_time_unix_nano, span_id)) AS root_operation,
+            min(start_time_unix_nano) AS start_ns,
+            max(end_time_unix_nano) - min(start_time_unix_nano) AS duration_ns,
+            count(*) AS span_count,
+            count(*) FILTER (WHERE status_code = 'ERROR') AS error_count,
+            list_sort(list_distinct(list(service_name))) AS services
+        FROM spans WHERE trace_id IN (SELECT trace_id FROM chosen)
+        GROUP BY trace_id ORDER BY start_ns DESC, trace_id
+    """
+    params = [*range_params, *term_params, *range_params, limit]  # `in_range` is used twice
+    rows = _sql(store, query, params).to_pylist()
+    return [
+        TraceSummary(
+            trace_id=row["trace_id"],
+            root_service=row["root_service"],
+            root_operation=row["root_operation"],
+            start_time=from_unix_nano(row["start_ns"]),
+            start_time_unix_nano=row["start_ns"],
+            duration_ns=row["duration_ns"],
+            span_count=row["span_count"],
+            error_count=row["error_count"],
+            services=tuple(row["services"]),
+        )
+        for row in rows
+    ]
+
+
+def services(store: Store, *, start: datetime, end: datetime) -> list[ServiceStats]:
+    """Every service with a span in `[start, end)`, by name, with RED figures over its entry spans."""
+    time = time_range(start, end)
+    params: list[object] = []
+    where = _range_predicate(time, params)
+    query = f"""
+        WITH entry AS (
+            SELECT service_name, duration, status_code,
+                kind IN ('SERVER', 'CONSUMER') OR parent_span_id = '' AS is_entry
+            FROM spans WHERE {where}
+        )
+        SELECT service_name,
+            count(*) FILTER (WHERE is_entry) AS requests,
+            count(*) FILTER (WHERE is_entry AND status_code = 'ERROR') AS errors,
+            quantile_cont(duration::DOUBLE, [0.5, 0.95, 0.99]) FILTER (WHERE is_entry) AS percentiles
+        FROM entry GROUP BY service_name ORDER BY service_name
+    """
+    stats = []
+    for row in _sql(store, query, params).to_pylist():
+        requests, errors = row["requests"], row["errors"]
+        p50, p95, p99 = row["percentiles"] or (None, None, None)
+        stats.append(
+            ServiceStats(
+                service_name=row["service_name"],
+                request_count=requests,
+                request_rate=requests / time.seconds,
+                error_count=errors,
+                error_rate=errors / requests if requests else 0.0,
+                p50_ns=p50,
+                p95_ns=p95,
+                p99_ns=p99,
+            )
+        )
+    return stats
+
+
+def service_map(store: Store, *, start: datetime, end: datetime) -> list[Edge]:
+    """Caller → callee edges from spans in `[start, end)` whose parent is in another service."""
+    params: list[object] = []
+    where = _range_predicate(time_range(start, end), params)
+    query = f"""
+        WITH s AS (
+            SELECT trace_id, span_id, parent_span_id, service_name, duration, status_code
+            FROM spans WHERE {where}
+        )
+        SELECT parent.service_name AS caller, child.service_name AS callee,
+            count(*) AS calls,
+            count(*) FILTER (WHERE child.status_code = 'ERROR') AS errors,
+            quantile_cont(child.duration::DOUBLE, [0.5, 0.95]) AS percentiles
+        FROM s AS child JOIN s AS parent
+            ON child.trace_id = parent.trace_id AND child.parent_span_id = parent.span_id
+        WHERE child.parent_span_id <> '' AND child.service_name <> parent.service_name
+        GROUP BY ALL ORDER BY caller, callee
+    """
+    return [
+        Edge(
+            caller=row["caller"],
+            callee=row["callee"],
+            call_count=row["calls"],
+            error_count=row["errors"],
+            p50_ns=row["percentiles"][0],
+            p95_ns=row["percentiles"][1],
+        )
+        for row in _sql(store, query, params).to_pylist()
+    ]
+
+
+def _trace_id(trace_id: str) -> str:
+    if not isinstance(trace_id, str) or TRACE_ID.fullmatch(trace_id) is None:
+        raise InvalidArgument(f"a trace id is 32 hexadecimal digits, got {trace_id!r}")
+    return trace_id.lower()
+
+
+def _range_predicate(time: TimeRange, params: list[object]) -> str:
+    """Partition pruning plus the exact bounds; appends the two bound parameters to `params`."""
+    params.extend((time.start_unix_nano, time.end_unix_nano))
+    return f"({partition_predicate(time)} AND start_time_unix_nano >= ? AND start_time_unix_nano < ?)"
+
+
+def _span_terms(
+    *,
+    service: str | None,
+    operation: str | None,
+    min_duration_ns: int | None,
+    max_duration_ns: int | None,
+    status: str | None,
+    attributes: Mapping[str, str] | None,
+) -> tuple[list[str], list[object]]:
+    """The `WHERE` terms (to join with `AND`) of a span matching every given filter, and their params."""
+    params: list[object] = []
+    terms: list[str] = []
+    for column, value in (("service_name", service), ("name", operation)):
+        if value is not None:
+            terms.append(f"{column} = ?")
+            params.append(value)
+    for bound, operator in ((min_duration_ns, ">="), (max_duration_ns, "<=")):
+        if bound is not None:
+            if isinstance(bound, bool) or not isinstance(bound, int) or bound < 0:
+                raise InvalidArgument(f"a duration bound is a whole number of nanoseconds, got {bound!r}")
+            terms.append(f"duration {operator} ?")
+            params.append(bound)
+    if min_duration_ns is not None and max_duration_ns is not None and min_duration_ns > max_duration_ns:
+        raise InvalidArgument(f"min_duration_ns {min_duration_ns} is above max_duration_ns {max_duration_ns}")
+    if status is not None:
+        if status.lower() not in STATUSES:
+            raise InvalidArgument(f"status is one of {', '.join(STATUSES)}, got {status!r}")
+        terms.append("status_code = ?")
+        params.append(status.upper())
+    for key, value in (attributes or {}).items():
+        terms.append("attributes[?] = ?")
+        params.extend((key, value))
+    return terms, params
+
+
+def _span(row: dict[str, Any]) -> Span:
+    return Span(
+        trace_id=row["trace_id"],
+        span_id=row["span_id"],
+        parent_span_id=row["parent_span_id"],
+        name=row["name"],
+        kind=row["kind"],
+        service_name=row["service_name"],
+        start_time=from_unix_nano(row["start_time_unix_nano"]),
+        end_time=from_unix_nano(row["end_time_unix_nano"]),
+        start_time_unix_nano=row["start_time_unix_nano"],
+        end_time_unix_nano=row["end_time_unix_nano"],
+        duration_ns=row["duration"],
+        status_code=row["status_code"],
+        status_message=row["status_message"],
+        attributes=_attributes(row["attributes"]),
+        resource_attributes=_attributes(row["resource_attributes"]),
+        scope_name=row["scope_name"],
+        events=tuple(
+            SpanEvent(
+                time=from_unix_nano(event["time_unix_nano"]),
+                time_unix_nano=event["time_unix_nano"],
+                name=event["name"],
+                attributes=_attributes(event["attributes"]),
+            )
+            for event in row["events"] or ()
+        ),
+        links=tuple(
+            SpanLink(
+                trace_id=link["trace_id"],
+                span_id=link["span_id"],
+                trace_state=link["trace_state"],
+                attributes=_attributes(link["attributes"]),
+            )
+            for link in row["links"] or ()
+        ),
+    )
+
+
+def _attributes(pairs: Sequence[tuple[str, str | None]] | None) -> Attributes:
+    """An attribute map as a dict; a key sent twice keeps its first value, as `attributes['k']` does."""
+    result: Attributes = {}
+    for key, value in pairs or ():
+        result.setdefault(key, value)
+    return result
+
+
+def _sql(store: Store, query: str, params: Sequence[object]) -> pa.Table:
+    """Runs `query` with `?` parameters through the store."""
+    return store.sql(query, params)
