@@ -1,11 +1,14 @@
-"""SQL over a mallard store: `Store` (DuckDB views `spans`, `metrics`, `logs`), typed trace queries,
-a read-only SQL sandbox, result formatting, and the `mallard sql` / `mallard shell` commands."""
+"""SQL over a mallard store: `Store` (DuckDB views `spans`, `metrics`, `logs`), typed trace, metric
+and log queries, a read-only SQL sandbox, result formatting, and `mallard sql` / `mallard shell`."""
 
 from __future__ import annotations
 
 from mallard.query.cli import add_sql_arguments, run_sql
 from mallard.query.engine import Store
 from mallard.query.errors import QueryError, SqlRefused, SqlTimeout
+from mallard.query.histograms import exponential_histogram_quantile, histogram_quantile
+from mallard.query.logs import LogEntry, search_logs
+from mallard.query.metrics import MetricInfo, Series, metric_names, metric_series
 from mallard.query.output import (
     JsonValue,
     format_csv,
@@ -31,6 +34,14 @@ from mallard.query.traces import (
 
 __all__ = [
     "Edge",
+    "LogEntry",
+    "MetricInfo",
+    "Series",
+    "exponential_histogram_quantile",
+    "histogram_quantile",
+    "metric_names",
+    "metric_series",
+    "search_logs",
     "InvalidArgument",
     "JsonValue",
     "QueryError",
