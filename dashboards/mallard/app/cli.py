@@ -15,6 +15,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mallard.app.ui import add_ui_arguments
     from mallard.collector.config import add_arguments
     from mallard.query.cli import add_sql_arguments
     from mallard.query.shell import add_shell_arguments
@@ -45,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Commands: .tables, .help, .exit.",
     )
     add_shell_arguments(shell)
+    ui = commands.add_parser(
+        "ui",
+        help="serve the HTTP API (/api/v1/..., docs at /docs) over a store",
+        description="Serve the HTTP API over a store: traces, services, service map and read-only SQL, "
+        "with OpenAPI docs at /docs.",
+    )
+    add_ui_arguments(ui)
     return parser
 
 
@@ -74,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "ui":
+        from mallard.app.ui import run_ui
+
+        return run_ui(args, announce=lambda line: print(line, flush=True))
     if args.command == "shell":
         from mallard.query.shell import run_shell
 

@@ -1,0 +1,427 @@
+"""The HTTP API: `/api/v1/...` over a store, with OpenAPI docs at `/docs`.
+
+`create_api(root)` answers a FastAPI app; `mallard ui` serves it with uvicorn. The routes are thin:
+parse the query string, call the typed functions of `mallard.query.traces` or the `SqlSandbox`, and
+turn the frozen dataclasses into pydantic models (pydantic lives only here, at the HTTP edge).
+
+| route | answers |
+|---|---|
+| `GET /api/v1/traces/{trace_id}` | one trace with all its spans; 404 when the store has none |
+| `GET /api/v1/traces` | trace summaries matching the filters, newest first |
+| `GET /api/v1/services` | RED figures per service over the range |
+| `GET /api/v1/service-map` | caller → callee edges over the range |
+| `POST /api/v1/sql` | one read-only `SELECT` through the sandbox |
+| `GET /healthz` | `{"status": "ok"}`, never behind the token |
+
+Errors are JSON `{"detail": "<message>"}`, one row per cause:
+
+| cause | status |
+|---|---|
+| malformed parameter (trace id, time, duration, attribute, limit, empty range), bad SQL | 400 |
+| missing or wrong `Authorization: Bearer <token>` on `/api/...` (when a token is set) | 401 |
+| SQL that is not one `SELECT` or reaches outside the store (`SqlRefused`) | 403 |
+| unknown trace id | 404 |
+| SQL over its time limit (`SqlTimeout`): 400, not 408, since clients and proxies retry a 408 | 400 |
+| a query that fails on the server's side (an unreadable file) | 500 |
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Any, Final
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, Field
+
+from mallard.query.cli import one_line
+from mallard.query.engine import Store
+from mallard.query.errors import QueryError, SqlRefused, SqlTimeout
+from mallard.query.sandbox import SqlLimits, SqlSandbox
+from mallard.query.timerange import InvalidArgument, time_range
+from mallard.query.traces import MAX_SEARCH_LIMIT, Trace, get_trace, search_traces, service_map, services
+
+logger = logging.getLogger(__name__)
+
+API_PREFIX: Final = "/api/v1"
+DEFAULT_RANGE: Final = timedelta(hours=1)
+_UNIX_SECONDS: Final = re.compile(r"[0-9]+(\.[0-9]+)?")
+_DURATION: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(ns|us|µs|ms|s|m|h)?")
+_NS_PER_UNIT: Final = {
+    None: 1,
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
+}
+
+
+# --- response and request models (the HTTP contract) ------------------------------------------
+
+
+class SpanEventModel(BaseModel):
+    time: datetime
+    time_unix_nano: int
+    name: str
+    attributes: dict[str, str | None]
+
+
+class SpanLinkModel(BaseModel):
+    trace_id: str
+    span_id: str
+    trace_state: str
+    attributes: dict[str, str | None]
+
+
+class SpanModel(BaseModel):
+    trace_id: str
+    span_id: str
+    parent_span_id: str = Field(description="'' for a root span")
+    name: str
+    kind: str
+    service_name: str
+    start_time: datetime
+    end_time: datetime
+    start_time_unix_nano: int
+    end_time_unix_nano: int
+    duration_ns: int
+    status_code: str = Field(description="UNSET, OK or ERROR")
+    status_message: str
+    attributes: dict[str, str | None]
+    resource_attributes: dict[str, str | None]
+    scope_name: str
+    events: list[SpanEventModel]
+    links: list[SpanLinkModel]
+
+
+class TraceModel(BaseModel):
+    trace_id: str
+    root_span_id: str = Field(description="the root span, or the earliest span when none was received")
+    root_service: str
+    root_operation: str
+    start_time: datetime
+    duration_ns: int
+    span_count: int
+    error_count: int
+    services: list[str]
+    spans: list[SpanModel] = Field(description="ordered by start time, then span id")
+
+
+class TraceSummaryModel(BaseModel):
+    trace_id: str
+    root_service: str
+    root_operation: str
+    start_time: datetime
+    start_time_unix_nano: int
+    duration_ns: int
+    span_count: int
+    error_count: int
+    services: list[str]
+
+
+class TraceSearchModel(BaseModel):
+    start: datetime
+    end: datetime
+    traces: list[TraceSummaryModel]
+
+
+class ServiceStatsModel(BaseModel):
+    service_name: str
+    request_count: int
+    request_rate: float = Field(description="entry spans per second of the range")
+    error_count: int
+    error_rate: float
+    p50_ns: float | None
+    p95_ns: float | None
+    p99_ns: float | None
+
+
+class ServicesModel(BaseModel):
+    start: datetime
+    end: datetime
+    services: list[ServiceStatsModel]
+
+
+class EdgeModel(BaseModel):
+    caller: str
+    callee: str
+    call_count: int
+    error_count: int
+    p50_ns: float
+    p95_ns: float
+
+
+class ServiceMapModel(BaseModel):
+    start: datetime
+    end: datetime
+    edges: list[EdgeModel]
+
+
+class SqlRequest(BaseModel):
+    sql: str = Field(description="exactly one SELECT over the views spans, metrics, logs")
+    limit: int | None = Field(default=None, ge=0, description="row cap, at most the server's own")
+
+
+class SqlAnswer(BaseModel):
+    columns: list[str]
+    rows: list[list[Any]]
+    truncated: bool = Field(description="a row or byte cap cut rows off")
+
+
+class Health(BaseModel):
+    status: str
+
+
+# --- the app ----------------------------------------------------------------------------------
+
+Middleware = Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]
+TimeParam = Annotated[
+    str | None,
+    Query(description="RFC 3339 with an offset (2024-05-31T16:00:00Z) or unix seconds (1717171200.5)"),
+]
+
+
+def create_api(root: Path, *, auth_token: str | None = None, sql_limits: SqlLimits | None = None) -> FastAPI:
+    """The API over the store under `root`; `auth_token` makes every `/api/` route ask for it."""
+    store = Store(root)
+    try:
+        sandbox = SqlSandbox(root, limits=sql_limits)
+    except BaseException:
+        store.close()
+        raise
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            sandbox.close()
+            store.close()
+
+    app = FastAPI(
+        title="mallard",
+        summary="Traces, services and read-only SQL over a mallard store",
+        version="1",
+        lifespan=lifespan,
+    )
+    _add_error_handlers(app)
+    if auth_token:
+        app.middleware("http")(_bearer_guard(auth_token))
+    documented_auth = [Depends(HTTPBearer(auto_error=False))] if auth_token else []
+    router = APIRouter(prefix=API_PREFIX, dependencies=documented_auth)
+
+    @router.get("/traces/{trace_id}", response_model=TraceModel, responses={404: {}, 400: {}})
+    def trace(trace_id: str, start: TimeParam = None, end: TimeParam = None) -> TraceModel:
+        """All spans of one trace (32 hex digits); `start`/`end` (both or neither) narrow the read."""
+        begin, finish = _optional_range(start, end)
+        found = get_trace(store, trace_id, start=begin, end=finish)
+        if found is None:
+            raise HTTPException(404, f"trace {trace_id.lower()} not found")
+        return _trace_model(found)
+
+    @router.get("/traces", response_model=TraceSearchModel, responses={400: {}})
+    def traces(
+        *,
+        start: TimeParam = None,
+        end: TimeParam = None,
+        service: str | None = None,
+        operation: str | None = None,
+        min_duration: Annotated[str | None, Query(description="250ms, 1.5s, or nanoseconds")] = None,
+        max_duration: Annotated[str | None, Query(description="250ms, 1.5s, or nanoseconds")] = None,
+        status: Annotated[str | None, Query(description="ok, error or unset")] = None,
+        attr: Annotated[list[str] | None, Query(description="key:value, repeatable")] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_SEARCH_LIMIT)] = 20,
+    ) -> TraceSearchModel:
+        """Traces with a span in `[start, end)` (default: the last hour) matching every filter."""
+        begin, finish = _range(start, end)
+        found = search_traces(
+            store,
+            start=begin,
+            end=finish,
+            service=service,
+            operation=operation,
+            min_duration_ns=_duration("min_duration", min_duration),
+            max_duration_ns=_duration("max_duration", max_duration),
+            status=status,
+            attributes=_attributes(attr or []),
+            limit=limit,
+        )
+        summaries = [TraceSummaryModel.model_validate(s, from_attributes=True) for s in found]
+        return TraceSearchModel(start=begin, end=finish, traces=summaries)
+
+    @router.get("/services", response_model=ServicesModel, responses={400: {}})
+    def services_route(start: TimeParam = None, end: TimeParam = None) -> ServicesModel:
+        """Every service with a span in `[start, end)` (default: the last hour), with RED figures."""
+        begin, finish = _range(start, end)
+        stats = [
+            ServiceStatsModel.model_validate(s, from_attributes=True)
+            for s in services(store, start=begin, end=finish)
+        ]
+        return ServicesModel(start=begin, end=finish, services=stats)
+
+    @router.get("/service-map", response_model=ServiceMapModel, responses={400: {}})
+    def service_map_route(start: TimeParam = None, end: TimeParam = None) -> ServiceMapModel:
+        """Caller → callee edges between services in `[start, end)` (default: the last hour)."""
+        begin, finish = _range(start, end)
+        edges = [
+            EdgeModel.model_validate(e, from_attributes=True)
+            for e in service_map(store, start=begin, end=finish)
+        ]
+        return ServiceMapModel(start=begin, end=finish, edges=edges)
+
+    @router.post("/sql", response_model=SqlAnswer, responses={400: {}, 403: {}})
+    def sql(body: SqlRequest) -> SqlAnswer:
+        """One read-only `SELECT`, under the server's time limit and row and byte caps."""
+        result = sandbox.run(body.sql, max_rows=body.limit)
+        return SqlAnswer(columns=result.columns, rows=result.rows, truncated=result.truncated)
+
+    app.include_router(router)
+
+    @app.get("/healthz", response_model=Health)
+    def healthz() -> Health:
+        return Health(status="ok")
+
+    return app
+
+
+def _bearer_guard(
+    token: str,
+) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
+    expected = f"Bearer {token}".encode()
+
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if request.url.path.startswith("/api/"):
+            sent = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(sent, expected):
+                return JSONResponse(
+                    {"detail": "missing or wrong bearer token"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        return await call_next(request)
+
+    return guard
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    def detail(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"detail": message}, status_code=status)
+
+    async def invalid(_: Request, exc: Exception) -> JSONResponse:
+        return detail(400, str(exc))
+
+    async def refused(_: Request, exc: Exception) -> JSONResponse:
+        return detail(403, str(exc))
+
+    async def failed(request: Request, exc: Exception) -> JSONResponse:
+        if request.url.path == f"{API_PREFIX}/sql":  # the caller's SQL: DuckDB rejected it
+            return detail(400, one_line(str(exc)))
+        logger.exception("query failed on %s", request.url.path, exc_info=exc)
+        return detail(500, "the query failed on the server; see its log")
+
+    async def malformed(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        parts = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error.get("loc", ()) if part not in ("query", "body"))
+            parts.append(f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg")))
+        return detail(400, "; ".join(parts) or "malformed request")
+
+    app.add_exception_handler(InvalidArgument, invalid)
+    app.add_exception_handler(SqlTimeout, invalid)
+    app.add_exception_handler(SqlRefused, refused)
+    app.add_exception_handler(QueryError, failed)
+    app.add_exception_handler(RequestValidationError, malformed)
+
+
+# --- parameters -------------------------------------------------------------------------------
+
+
+def parse_time(name: str, text: str) -> datetime:
+    """RFC 3339 with an offset, or unix seconds; raises `InvalidArgument`."""
+    text = text.strip()
+    if _UNIX_SECONDS.fullmatch(text):
+        try:
+            return datetime.fromtimestamp(float(text), UTC)
+        except (OverflowError, OSError, ValueError):
+            raise InvalidArgument(f"{name}: {text!r} is out of range") from None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidArgument(
+            f"{name}: {text!r} is neither RFC 3339 (2024-05-31T16:00:00Z) nor unix seconds"
+        ) from None
+    if moment.tzinfo is None:
+        raise InvalidArgument(f"{name}: {text!r} has no time zone offset (add Z or +00:00)")
+    return moment
+
+
+def parse_duration(name: str, text: str) -> int:
+    """`250ms`, `1.5s`, `2m`, `1h`, `30us` or a whole number of nanoseconds, as nanoseconds."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise InvalidArgument(f"{name}: {text!r} is not a duration (250ms, 1.5s, or nanoseconds)")
+    try:
+        nanoseconds = Decimal(match[1]) * _NS_PER_UNIT[match[2]]
+    except InvalidOperation:  # pragma: no cover - the pattern admits decimals only
+        raise InvalidArgument(f"{name}: {text!r} is not a duration") from None
+    if nanoseconds != nanoseconds.to_integral_value():
+        raise InvalidArgument(f"{name}: {text!r} is not a whole number of nanoseconds")
+    return int(nanoseconds)
+
+
+def _duration(name: str, text: str | None) -> int | None:
+    return None if text is None else parse_duration(name, text)
+
+
+def _range(start: str | None, end: str | None) -> tuple[datetime, datetime]:
+    """The range asked for: `end` defaults to now, `start` to an hour before `end`."""
+    finish = parse_time("end", end) if end is not None else datetime.now(UTC)
+    begin = parse_time("start", start) if start is not None else finish - DEFAULT_RANGE
+    checked = time_range(begin, finish)
+    return checked.start, checked.end
+
+
+def _optional_range(start: str | None, end: str | None) -> tuple[datetime | None, datetime | None]:
+    if start is None and end is None:
+        return None, None
+    if start is None or end is None:
+        raise InvalidArgument("give both start and end, or neither")
+    return _range(start, end)
+
+
+def _attributes(pairs: list[str]) -> dict[str, str]:
+    attributes: dict[str, str] = {}
+    for pair in pairs:
+        key, colon, value = pair.partition(":")
+        if not colon or not key:
+            raise InvalidArgument(f"attr: {pair!r} is not key:value")
+        attributes[key] = value
+    return attributes
+
+
+def _trace_model(trace: Trace) -> TraceModel:
+    return TraceModel(
+        trace_id=trace.trace_id,
+        root_span_id=trace.root.span_id,
+        root_service=trace.root.service_name,
+        root_operation=trace.root.name,
+        start_time=trace.start_time,
+        duration_ns=trace.duration_ns,
+        span_count=len(trace.spans),
+        error_count=trace.error_count,
+        services=list(trace.services),
+        spans=[SpanModel.model_validate(span, from_attributes=True) for span in trace.spans],
+    )
