@@ -46,6 +46,7 @@ from pydantic import BaseModel, Field
 from mallard.query.cli import one_line
 from mallard.query.engine import Store
 from mallard.query.errors import QueryError, SqlRefused, SqlTimeout
+from mallard.query.jaeger import create_jaeger_router
 from mallard.query.sandbox import SqlLimits, SqlSandbox
 from mallard.query.timerange import InvalidArgument, time_range
 from mallard.query.traces import MAX_SEARCH_LIMIT, Trace, get_trace, search_traces, service_map, services
@@ -288,6 +289,7 @@ def create_api(root: Path, *, auth_token: str | None = None, sql_limits: SqlLimi
         return SqlAnswer(columns=result.columns, rows=result.rows, truncated=result.truncated)
 
     app.include_router(router)
+    app.include_router(create_jaeger_router(store), dependencies=documented_auth)
 
     @app.get("/healthz", response_model=Health)
     def healthz() -> Health:
