@@ -18,6 +18,7 @@ import pyarrow as pa
 from mallard.query import Store
 
 READY = re.compile(r"ready grpc=(?P<host>[^:\s]+):(?P<grpc>\d+) http=[^:\s]+:(?P<http>\d+)")
+UI = re.compile(r" ui=[^:\s]+:(?P<ui>\d+)")
 
 
 @dataclass
@@ -29,6 +30,7 @@ class MallardServer:
     grpc_port: int
     http_port: int
     output: list[str] = field(default_factory=list)
+    ui_port: int | None = None  # the HTTP API's port; None when it is off (`--ui false`)
 
     @property
     def grpc_endpoint(self) -> str:
@@ -51,7 +53,7 @@ class MallardServer:
 def start_server(
     data: Path, *extra: str, env: dict[str, str] | None = None, timeout: float = 60
 ) -> MallardServer:
-    """Starts `mallard serve` on free ports and waits for its ready line."""
+    """Starts `mallard serve` on free ports (the HTTP API's too) and waits for its ready line."""
     command = [
         sys.executable,
         "-m",
@@ -62,6 +64,8 @@ def start_server(
         "--grpc-port",
         "0",
         "--http-port",
+        "0",
+        "--ui-port",
         "0",
         *extra,
     ]
@@ -83,6 +87,8 @@ def start_server(
         match = READY.search(line)
         if match:
             server = MallardServer(data, process, int(match["grpc"]), int(match["http"]), lines)
+            ui = UI.search(line)
+            server.ui_port = int(ui["ui"]) if ui else None
             threading.Thread(target=_drain, args=(process, lines), daemon=True).start()
             return server
     process.kill()

@@ -335,8 +335,9 @@ def test_kill_9_under_load_loses_nothing_acknowledged_and_duplicates_nothing(tmp
 @pytest.mark.timeout(180)
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker processes in /proc")
 def test_kill_9_of_the_supervisor_ends_its_workers_and_loses_nothing(tmp_path: Path) -> None:
-    """With `--workers 2` a kill -9 hits only the supervisor: its workers must not serve on as orphans
-    (on the ports and the WALs of the next collector); they drain and exit, and nothing is lost."""
+    """With `--workers 2` a kill -9 hits only the supervisor: its workers (and the HTTP API) must not
+    serve on as orphans (on the ports and the WALs of the next collector); they drain and exit, and
+    nothing is lost."""
     rng = random.Random(SEED + 1)
     data = tmp_path / "data"
     target, ledger = Target(), Ledger()
@@ -351,7 +352,7 @@ def test_kill_9_of_the_supervisor_ends_its_workers_and_loses_nothing(tmp_path: P
         for _ in range(2):
             ledger.wait_for_acks(generation, 2)
             workers = worker_pids(servers[-1].process.pid)
-            assert len(workers) == 2, workers
+            assert len(workers) == 3, workers  # two collector workers and the HTTP API
             time.sleep(rng.uniform(0.05, 1.0))
             target.set(None)
             servers[-1].kill()
@@ -438,7 +439,8 @@ def assert_wal_truncated(data: Path, writer: str, *, busy: bool) -> None:
 
 
 def worker_pids(supervisor: int) -> list[int]:
-    """The multiprocessing workers a `mallard serve --workers N` process has started."""
+    """The multiprocessing children a `mallard serve --workers N` process has started (the N workers
+    and the HTTP API)."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:

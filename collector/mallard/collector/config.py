@@ -42,6 +42,16 @@ def _path_or_none(text: str) -> Path | None:
     return Path(text) if text else None
 
 
+def parse_bool(text: str) -> bool:
+    """`true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`), any case."""
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r} (true or false)")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Setting:
     name: str
@@ -103,6 +113,12 @@ SETTINGS: Final = (
     Setting(name="tls_cert", parse=_path_or_none, help="PEM certificate: serve both receivers over TLS"),
     Setting(name="tls_key", parse=_path_or_none, help="PEM private key for --tls-cert"),
     Setting(name="log_level", parse=str, choices=("debug", "info", "warning", "error"), help="log level"),
+    Setting(
+        name="ui",
+        parse=parse_bool,
+        help="also serve the HTTP API (`mallard ui`) from `mallard serve`: true or false",
+    ),
+    Setting(name="ui_port", parse=int, help="HTTP API port, same host and auth token (0: free)"),
 )
 
 
@@ -131,9 +147,11 @@ class CollectorConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     log_level: str = "info"
+    ui: bool = True
+    ui_port: int = 8686
 
     def validate(self) -> CollectorConfig:
-        for name in ("grpc_port", "http_port"):
+        for name in ("grpc_port", "http_port", "ui_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise ConfigError(f"{name} must be 0..65535, not {port}")

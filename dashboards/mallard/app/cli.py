@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
+
+from mallard.app.api_process import ApiProcess, ApiSettings, ApiStartError
+
+if TYPE_CHECKING:
+    from mallard.collector.config import CollectorConfig
 
 
 def _version() -> str:
@@ -28,8 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser(
         "serve",
-        help="run the OTLP collector (gRPC and HTTP) on a store",
-        description="Receive OTLP traces, metrics and logs over gRPC and HTTP and store them as Parquet. "
+        help="run the OTLP collector (gRPC and HTTP) and the HTTP API on a store",
+        description="Receive OTLP traces, metrics and logs over gRPC and HTTP and store them as Parquet; "
+        "serve the HTTP API (as `mallard ui` does) on --ui-port unless --ui false. "
         "Every flag is also a MALLARD_* environment variable and a key of the --config TOML file.",
     )
     add_arguments(serve)
@@ -67,15 +74,38 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"mallard serve: error: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level)
-
-    def announce(line: str) -> None:
-        print(line, flush=True)
-
     try:
-        return serve(config, announce=announce)
-    except (OSError, CollectorError) as exc:
+        api = _start_api(config) if config.ui else None
+    except (OSError, ApiStartError) as exc:
         print(f"mallard serve: error: {exc}", file=sys.stderr)
         return 1
+    suffix = f" ui={config.host}:{api.port}" if api is not None else ""
+
+    def announce(line: str) -> None:
+        print(line + suffix, flush=True)
+
+    try:
+        code = serve(config, announce=announce)
+    except (OSError, CollectorError) as exc:
+        print(f"mallard serve: error: {exc}", file=sys.stderr)
+        code = 1
+    finally:  # the collector has drained (or failed): only now stop the API
+        api_code = api.stop() if api is not None else 0
+    if api_code != 0:
+        print(f"mallard serve: error: the HTTP API exited with {api_code}", file=sys.stderr)
+    return code or (1 if api_code else 0)
+
+
+def _start_api(config: CollectorConfig) -> ApiProcess:
+    config.data.mkdir(parents=True, exist_ok=True)
+    settings = ApiSettings(
+        data=config.data,
+        host=config.host,
+        port=config.ui_port,
+        auth_token=config.auth_token,
+        log_level=config.log_level,
+    )
+    return ApiProcess.start(settings)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,8 @@
 | bearer token every `/api/` route requires | `--auth-token T` | `MALLARD_AUTH_TOKEN` | none |
 
 Prints `mallard ui: ready http=HOST:PORT data=DIR` once it accepts requests. SIGTERM or Ctrl-C stops
-it: requests in flight finish (up to 10 s), then it exits 0.
+it: requests in flight finish (up to 10 s), then it exits 0. `mallard serve` runs the same server
+(`serve_api`) in a child process, see `mallard.app.api_process`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
+import logging
 import os
 import signal
 import socket
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Final
 
 import uvicorn
@@ -29,6 +33,8 @@ from fastapi import FastAPI
 from mallard.query.api import create_api
 from mallard.query.cli import add_data_argument, data_dir
 from mallard.query.errors import QueryError
+
+logger = logging.getLogger(__name__)
 
 TOKEN_ENV: Final = "MALLARD_AUTH_TOKEN"
 DEFAULT_HOST: Final = "127.0.0.1"
@@ -58,16 +64,35 @@ def run_ui(args: argparse.Namespace, *, announce: Callable[[str], None]) -> int:
     """Serves the API until SIGTERM/SIGINT; returns the exit status."""
     root = data_dir(args.data)
     token = args.auth_token if args.auth_token is not None else os.environ.get(TOKEN_ENV) or None
+
+    def ready(port: int) -> None:
+        announce(f"{_PROG}: ready http={args.host}:{port} data={root.resolve()}")
+
     try:
-        app = create_api(root, auth_token=token)
-        sock = _listen(args.host, args.ui_port)
+        serve_api(root, host=args.host, port=args.ui_port, auth_token=token, on_ready=ready)
     except (OSError, QueryError) as exc:
         print(f"{_PROG}: error: {exc}", file=sys.stderr)
         return 1
-    with sock:
-        ready = f"{_PROG}: ready http={args.host}:{sock.getsockname()[1]} data={root.resolve()}"
-        asyncio.run(_serve(app, sock, lambda: announce(ready)))
     return 0
+
+
+def serve_api(
+    root: Path,
+    *,
+    host: str,
+    port: int,
+    auth_token: str | None,
+    on_ready: Callable[[int], None],
+    stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
+    parent_sentinel: int | None = None,
+) -> None:
+    """Serves the API on `host:port` until one of `stop_signals` arrives, or until `parent_sentinel`
+    (a `multiprocessing` parent's sentinel) becomes readable; `on_ready` gets the bound port.
+    Raises OSError or QueryError when it cannot start."""
+    app = create_api(root, auth_token=auth_token)
+    with _listen(host, port) as sock:
+        ready = functools.partial(on_ready, sock.getsockname()[1])
+        asyncio.run(_serve(app, sock, ready, stop_signals, parent_sentinel))
 
 
 class _QuietServer(uvicorn.Server):
@@ -78,15 +103,30 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
-async def _serve(app: FastAPI, sock: socket.socket, on_ready: Callable[[], None]) -> None:
+async def _serve(
+    app: FastAPI,
+    sock: socket.socket,
+    on_ready: Callable[[], None],
+    stop_signals: tuple[signal.Signals, ...],
+    parent_sentinel: int | None,
+) -> None:
     server = _QuietServer(
         uvicorn.Config(
             app, lifespan="on", access_log=False, log_level="warning", timeout_graceful_shutdown=10
         )
     )
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in stop_signals:
         loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+    if parent_sentinel is not None:
+
+        def parent_gone() -> None:
+            loop.remove_reader(parent_sentinel)
+            logger.error("the parent process is gone (killed?): the HTTP API stops")
+            server.should_exit = True
+
+        # readable once the parent has exited, even by kill -9: no orphan API beside a restarted one
+        loop.add_reader(parent_sentinel, parent_gone)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started and not task.done():
         await asyncio.sleep(0.01)
