@@ -10,6 +10,9 @@ turn the frozen dataclasses into pydantic models (pydantic lives only here, at t
 | `GET /api/v1/traces` | trace summaries matching the filters, newest first |
 | `GET /api/v1/services` | RED figures per service over the range |
 | `GET /api/v1/service-map` | caller → callee edges over the range |
+| `GET /api/v1/metrics` | the metrics with points in the range |
+| `GET /api/v1/metrics/{name}/series` | one metric's series on a step grid; 404 for an unknown metric |
+| `GET /api/v1/logs` | log records matching the filters, newest first |
 | `POST /api/v1/sql` | one read-only `SELECT` through the sandbox |
 | `GET /healthz` | `{"status": "ok"}`, never behind the token |
 
@@ -17,10 +20,10 @@ Errors are JSON `{"detail": "<message>"}`, one row per cause:
 
 | cause | status |
 |---|---|
-| malformed parameter (trace id, time, duration, attribute, limit, empty range), bad SQL | 400 |
+| malformed parameter (trace id, time, duration, step, agg, attribute, limit, empty range), bad SQL | 400 |
 | missing or wrong `Authorization: Bearer <token>` on `/api/...` (when a token is set) | 401 |
 | SQL that is not one `SELECT` or reaches outside the store (`SqlRefused`) | 403 |
-| unknown trace id | 404 |
+| unknown trace id, unknown metric | 404 |
 | SQL over its time limit (`SqlTimeout`): 400, not 408, since clients and proxies retry a 408 | 400 |
 | a query that fails on the server's side (an unreadable file) | 500 |
 """
@@ -47,6 +50,9 @@ from mallard.query.cli import one_line
 from mallard.query.engine import Store
 from mallard.query.errors import QueryError, SqlRefused, SqlTimeout
 from mallard.query.jaeger import create_jaeger_router
+from mallard.query.logs import MAX_SEARCH_LIMIT as MAX_LOG_LIMIT
+from mallard.query.logs import MAX_SEVERITY, search_logs
+from mallard.query.metrics import AGGREGATIONS, metric_names, metric_series
 from mallard.query.sandbox import SqlLimits, SqlSandbox
 from mallard.query.timerange import InvalidArgument, time_range
 from mallard.query.traces import MAX_SEARCH_LIMIT, Trace, get_trace, search_traces, service_map, services
@@ -170,6 +176,55 @@ class ServiceMapModel(BaseModel):
     edges: list[EdgeModel]
 
 
+class MetricInfoModel(BaseModel):
+    name: str
+    type: str = Field(description="gauge, sum, histogram, exponential_histogram or summary")
+    unit: str
+    description: str
+    temporality: str | None = Field(description="delta, cumulative, unspecified, mixed, or null")
+    point_count: int
+
+
+class MetricsModel(BaseModel):
+    start: datetime
+    end: datetime
+    metrics: list[MetricInfoModel]
+
+
+class SeriesModel(BaseModel):
+    labels: dict[str, str] = Field(description="one entry per group_by key")
+    points: list[tuple[datetime, float]] = Field(description="[step start, value], by time")
+
+
+class MetricSeriesModel(BaseModel):
+    start: datetime
+    end: datetime
+    step_s: float
+    series: list[SeriesModel]
+
+
+class LogModel(BaseModel):
+    time: datetime
+    observed_time: datetime
+    severity_number: int
+    severity_text: str
+    body: str | None
+    body_type: str
+    event_name: str
+    service_name: str
+    trace_id: str = Field(description="'' without trace context")
+    span_id: str
+    attributes: dict[str, str | None]
+    resource_attributes: dict[str, str | None]
+    scope_name: str
+
+
+class LogsModel(BaseModel):
+    start: datetime
+    end: datetime
+    logs: list[LogModel]
+
+
 class SqlRequest(BaseModel):
     sql: str = Field(description="exactly one SELECT over the views spans, metrics, logs")
     limit: int | None = Field(default=None, ge=0, description="row cap, at most the server's own")
@@ -213,7 +268,7 @@ def create_api(root: Path, *, auth_token: str | None = None, sql_limits: SqlLimi
 
     app = FastAPI(
         title="mallard",
-        summary="Traces, services and read-only SQL over a mallard store",
+        summary="Traces, services, metrics, logs and read-only SQL over a mallard store",
         version="1",
         lifespan=lifespan,
     )
@@ -281,6 +336,74 @@ def create_api(root: Path, *, auth_token: str | None = None, sql_limits: SqlLimi
             for e in service_map(store, start=begin, end=finish)
         ]
         return ServiceMapModel(start=begin, end=finish, edges=edges)
+
+    @router.get("/metrics", response_model=MetricsModel, responses={400: {}})
+    def metrics_route(start: TimeParam = None, end: TimeParam = None) -> MetricsModel:
+        """Every metric (name and type) with a point in `[start, end)` (default: the last hour)."""
+        begin, finish = _range(start, end)
+        found = [
+            MetricInfoModel.model_validate(m, from_attributes=True)
+            for m in metric_names(store, start=begin, end=finish)
+        ]
+        return MetricsModel(start=begin, end=finish, metrics=found)
+
+    @router.get("/metrics/{name}/series", response_model=MetricSeriesModel, responses={400: {}, 404: {}})
+    def metric_series_route(
+        name: str,
+        *,
+        start: TimeParam = None,
+        end: TimeParam = None,
+        step: Annotated[str, Query(description="60s, 1m, 500ms, or seconds")] = "60s",
+        agg: Annotated[str, Query(description=", ".join(AGGREGATIONS))] = "avg",
+        group_by: Annotated[list[str] | None, Query(description="label key, repeatable")] = None,
+        attr: Annotated[list[str] | None, Query(description="key:value, repeatable")] = None,
+    ) -> MetricSeriesModel:
+        """The series of metric `name` in `[start, end)` (default: the last hour), one per labels."""
+        begin, finish = _range(start, end)
+        step_s = parse_step("step", step)
+        try:
+            found = metric_series(
+                store,
+                name,
+                start=begin,
+                end=finish,
+                step_s=step_s,
+                agg=agg,
+                group_by=group_by or [],
+                attributes=_attributes(attr or []),
+            )
+        except InvalidArgument as exc:
+            if str(exc) == f"unknown metric {name!r}":
+                raise HTTPException(404, f"metric {name!r} not found") from None
+            raise
+        series = [SeriesModel(labels=s.labels, points=list(s.points)) for s in found]
+        return MetricSeriesModel(start=begin, end=finish, step_s=step_s, series=series)
+
+    @router.get("/logs", response_model=LogsModel, responses={400: {}})
+    def logs_route(
+        *,
+        start: TimeParam = None,
+        end: TimeParam = None,
+        text: Annotated[str | None, Query(description="case-insensitive substring of the body")] = None,
+        severity_min: Annotated[int | None, Query(ge=0, le=MAX_SEVERITY)] = None,
+        service: str | None = None,
+        trace_id: Annotated[str | None, Query(description="32 hex digits")] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LOG_LIMIT)] = 100,
+    ) -> LogsModel:
+        """Log records in `[start, end)` (default: the last hour) matching every filter, newest first."""
+        begin, finish = _range(start, end)
+        found = search_logs(
+            store,
+            start=begin,
+            end=finish,
+            text=text,
+            severity_min=severity_min,
+            service=service,
+            trace_id=trace_id,
+            limit=limit,
+        )
+        entries = [LogModel.model_validate(e, from_attributes=True) for e in found]
+        return LogsModel(start=begin, end=finish, logs=entries)
 
     @router.post("/sql", response_model=SqlAnswer, responses={400: {}, 403: {}})
     def sql(body: SqlRequest) -> SqlAnswer:
@@ -382,6 +505,21 @@ def parse_duration(name: str, text: str) -> int:
     if nanoseconds != nanoseconds.to_integral_value():
         raise InvalidArgument(f"{name}: {text!r} is not a whole number of nanoseconds")
     return int(nanoseconds)
+
+
+def parse_step(name: str, text: str) -> float:
+    """`60s`, `1m`, `500ms` or a bare number of seconds (`60`, `0.5`), as seconds."""
+    stripped = text.strip()
+    if _UNIX_SECONDS.fullmatch(stripped):
+        seconds = float(stripped)
+    else:
+        match = _DURATION.fullmatch(stripped)
+        if match is None or match[2] is None:
+            raise InvalidArgument(f"{name}: {text!r} is not a step (60s, 1m, or seconds)")
+        seconds = float(Decimal(match[1]) * _NS_PER_UNIT[match[2]] / 1_000_000_000)
+    if not 0 < seconds < 1e12:
+        raise InvalidArgument(f"{name}: {text!r} is not a positive step below 10^12 s")
+    return seconds
 
 
 def _duration(name: str, text: str | None) -> int | None:
