@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -9,9 +10,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -19,6 +23,7 @@ from mallard.query import Store
 
 READY = re.compile(r"ready grpc=(?P<host>[^:\s]+):(?P<grpc>\d+) http=[^:\s]+:(?P<http>\d+)")
 UI = re.compile(r" ui=[^:\s]+:(?P<ui>\d+)")
+UI_READY = re.compile(r"mallard ui: ready http=(?P<host>[^:\s]+):(?P<port>\d+) data=(?P<data>\S+)")
 
 
 @dataclass
@@ -69,13 +74,19 @@ def start_server(
         "0",
         *extra,
     ]
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, **(env or {})},
+    process, match, lines = _start_until_ready(command, READY, {**os.environ, **(env or {})}, timeout)
+    ui = UI.search(match.string)
+    return MallardServer(
+        data, process, int(match["grpc"]), int(match["http"]), lines, int(ui["ui"]) if ui else None
     )
+
+
+def _start_until_ready(
+    command: list[str], ready: re.Pattern[str], env: dict[str, str], timeout: float
+) -> tuple[subprocess.Popen[str], re.Match[str], list[str]]:
+    """Starts `command` and reads its output until a line matches `ready`; the rest keeps being read
+    into the returned list (for failure messages). Kills it and raises when no such line comes."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     assert process.stdout is not None
     lines: list[str] = []
     deadline = time.monotonic() + timeout
@@ -84,15 +95,60 @@ def start_server(
         if not line:
             break
         lines.append(line)
-        match = READY.search(line)
+        match = ready.search(line)
         if match:
-            server = MallardServer(data, process, int(match["grpc"]), int(match["http"]), lines)
-            ui = UI.search(line)
-            server.ui_port = int(ui["ui"]) if ui else None
             threading.Thread(target=_drain, args=(process, lines), daemon=True).start()
-            return server
+            return process, match, lines
     process.kill()
-    raise RuntimeError("mallard serve did not become ready:\n" + "".join(lines))
+    raise RuntimeError(f"{' '.join(command[2:5])} did not become ready:\n" + "".join(lines))
+
+
+@dataclass
+class ApiClient:
+    """JSON over urllib to the HTTP API on 127.0.0.1:`port`; `call` answers (status, parsed body)."""
+
+    port: int
+    token: str | None = None
+
+    def call(
+        self, path: str, *, body: object = None, token: str | None = None, auth: bool = True
+    ) -> tuple[int, Any]:
+        headers = {"Content-Type": "application/json"}
+        if auth and (token or self.token):
+            headers["Authorization"] = f"Bearer {token or self.token}"
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            data=None if body is None else json.dumps(body).encode(),
+            headers=headers,
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                status, raw, kind = answer.status, answer.read(), answer.headers["content-type"]
+        except urllib.error.HTTPError as error:
+            status, raw, kind = error.code, error.read(), error.headers["content-type"]
+        return status, json.loads(raw) if kind.startswith("application/json") else raw.decode()
+
+
+@dataclass(kw_only=True)
+class UiServer(ApiClient):
+    """A `mallard ui` child process serving the HTTP API on `port`."""
+
+    process: subprocess.Popen[str]
+    output: list[str] = field(default_factory=list)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+
+def start_ui(data: Path, *extra: str, token: str | None = None, timeout: float = 60) -> UiServer:
+    """Starts `mallard ui` on a free port (no auth token from the environment) and waits until ready."""
+    command = [sys.executable, "-m", "mallard.app.cli", "ui", "--data", str(data), "--ui-port", "0", *extra]
+    env = {key: value for key, value in os.environ.items() if key != "MALLARD_AUTH_TOKEN"}
+    process, match, lines = _start_until_ready(command, UI_READY, env, timeout)
+    assert match["host"] == "127.0.0.1" and match["data"] == str(data.resolve())
+    return UiServer(port=int(match["port"]), token=token, process=process, output=lines)
 
 
 def _drain(process: subprocess.Popen[str], lines: list[str]) -> None:

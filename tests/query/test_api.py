@@ -9,24 +9,16 @@ The data (T0 = 2024-05-31 16:00 UTC = unix 1717171200, durations in ms):
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
-from harness import start_server, wait_for_rows
+from harness import ApiClient, UiServer, start_server, start_ui, wait_for_rows
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
@@ -41,7 +33,6 @@ MS = 1_000_000
 TRACE_A, TRACE_B = "a1" * 16, "b2" * 16
 SERVER = Span.SPAN_KIND_SERVER
 RANGE = "start=2024-05-31T16:00:00Z&end=2024-05-31T17:00:00Z"
-READY = re.compile(r"mallard ui: ready http=(?P<host>[^:\s]+):(?P<port>\d+) data=(?P<data>\S+)")
 
 
 # --- the store --------------------------------------------------------------------------------
@@ -102,68 +93,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # --- `mallard ui` as a child process ----------------------------------------------------------
 
 
-@dataclass
-class Client:
-    """JSON over urllib to the API on 127.0.0.1:`port`; answers (status, parsed body)."""
-
-    port: int
-    token: str | None = None
-
-    def call(
-        self, path: str, *, body: object = None, token: str | None = None, auth: bool = True
-    ) -> tuple[int, Any]:
-        headers = {"Content-Type": "application/json"}
-        if auth and (token or self.token):
-            headers["Authorization"] = f"Bearer {token or self.token}"
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}",
-            data=None if body is None else json.dumps(body).encode(),
-            headers=headers,
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as answer:
-                status, raw, kind = answer.status, answer.read(), answer.headers["content-type"]
-        except urllib.error.HTTPError as error:
-            status, raw, kind = error.code, error.read(), error.headers["content-type"]
-        return status, json.loads(raw) if kind.startswith("application/json") else raw.decode()
-
-
-@dataclass(kw_only=True)
-class Ui(Client):
-    process: subprocess.Popen[str]
-    output: list[str] = field(default_factory=list)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
-
-
-def start_ui(data: Path, *extra: str, token: str | None = None, timeout: float = 60) -> Ui:
-    """Starts `mallard ui` on a free port and waits for its ready line."""
-    command = [sys.executable, "-m", "mallard.app.cli", "ui", "--data", str(data), "--ui-port", "0", *extra]
-    env = {key: value for key, value in os.environ.items() if key != "MALLARD_AUTH_TOKEN"}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    assert process.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        match = READY.search(line)
-        if match:
-            assert match["host"] == "127.0.0.1" and match["data"] == str(data.resolve())
-            ui = Ui(port=int(match["port"]), token=token, process=process, output=lines)
-            threading.Thread(target=lambda: lines.extend(process.stdout or ()), daemon=True).start()
-            return ui
-    process.kill()
-    raise RuntimeError("mallard ui did not become ready:\n" + "".join(lines))
-
-
 @pytest.fixture(scope="module")
-def ui(data: Path) -> Iterator[Ui]:
+def ui(data: Path) -> Iterator[UiServer]:
     running = start_ui(data)
     yield running
     assert running.stop() == 0, "".join(running.output)
@@ -172,7 +103,7 @@ def ui(data: Path) -> Iterator[Ui]:
 # --- traces -----------------------------------------------------------------------------------
 
 
-def test_get_trace_answers_every_span(ui: Ui) -> None:
+def test_get_trace_answers_every_span(ui: UiServer) -> None:
     status, body = ui.call(f"/api/v1/traces/{TRACE_A.upper()}")
     assert status == 200
     spans = body.pop("spans")
@@ -211,7 +142,7 @@ def test_get_trace_answers_every_span(ui: Ui) -> None:
     assert spans[0]["parent_span_id"] == "" and spans[0]["attributes"] == {"http.route": "/checkout"}
 
 
-def test_get_trace_within_a_range(ui: Ui) -> None:
+def test_get_trace_within_a_range(ui: UiServer) -> None:
     status, body = ui.call(f"/api/v1/traces/{TRACE_B}?start=1717171200&end=1717171201.5")
     assert status == 200
     assert [(s["name"], s["status_code"], s["status_message"]) for s in body["spans"]] == [
@@ -244,7 +175,7 @@ SUMMARY_B = {
 }
 
 
-def test_search_answers_summaries_newest_first(ui: Ui) -> None:
+def test_search_answers_summaries_newest_first(ui: UiServer) -> None:
     status, body = ui.call(f"/api/v1/traces?{RANGE}")
     assert status == 200
     assert body == {
@@ -272,13 +203,13 @@ def test_search_answers_summaries_newest_first(ui: Ui) -> None:
         ("limit=1", [TRACE_B]),
     ],
 )
-def test_search_filters(ui: Ui, query: str, expected: list[str]) -> None:
+def test_search_filters(ui: UiServer, query: str, expected: list[str]) -> None:
     status, body = ui.call(f"/api/v1/traces?{RANGE}&{query}")
     assert status == 200, body
     assert [summary["trace_id"] for summary in body["traces"]] == expected
 
 
-def test_search_defaults_to_the_last_hour(ui: Ui) -> None:
+def test_search_defaults_to_the_last_hour(ui: UiServer) -> None:
     before = datetime.now(UTC)
     status, body = ui.call("/api/v1/traces")
     assert status == 200 and body["traces"] == []
@@ -290,7 +221,7 @@ def test_search_defaults_to_the_last_hour(ui: Ui) -> None:
 # --- services and the service map -------------------------------------------------------------
 
 
-def test_services_answer_red_figures(ui: Ui) -> None:
+def test_services_answer_red_figures(ui: UiServer) -> None:
     status, body = ui.call(f"/api/v1/services?{RANGE}")
     assert status == 200
     assert body["start"] == "2024-05-31T16:00:00Z" and body["end"] == "2024-05-31T17:00:00Z"
@@ -318,7 +249,7 @@ def test_services_answer_red_figures(ui: Ui) -> None:
     }
 
 
-def test_service_map_answers_edges(ui: Ui) -> None:
+def test_service_map_answers_edges(ui: UiServer) -> None:
     status, body = ui.call(f"/api/v1/service-map?{RANGE}")
     assert status == 200
     assert body == {
@@ -366,7 +297,7 @@ def test_service_map_answers_edges(ui: Ui) -> None:
         (f"/api/v1/traces?{RANGE}&limit=many", 400, "limit: Input should be a valid integer"),
     ],
 )
-def test_bad_parameters_answer_a_detail(ui: Ui, path: str, status: int, message: str) -> None:
+def test_bad_parameters_answer_a_detail(ui: UiServer, path: str, status: int, message: str) -> None:
     got, body = ui.call(path)
     assert got == status
     assert list(body) == ["detail"] and message in body["detail"], body
@@ -375,7 +306,7 @@ def test_bad_parameters_answer_a_detail(ui: Ui, path: str, status: int, message:
 # --- SQL --------------------------------------------------------------------------------------
 
 
-def test_sql_answers_columns_and_rows(ui: Ui) -> None:
+def test_sql_answers_columns_and_rows(ui: UiServer) -> None:
     query = "select span_id, name, duration // 1000000 as ms from spans order by span_id"
     status, body = ui.call("/api/v1/sql", body={"sql": query})
     assert status == 200
@@ -405,7 +336,9 @@ def test_sql_answers_columns_and_rows(ui: Ui) -> None:
         ("select nope from spans", 400, "nope"),
     ],
 )
-def test_sql_refusals_and_errors_keep_the_server_serving(ui: Ui, sql: str, status: int, message: str) -> None:
+def test_sql_refusals_and_errors_keep_the_server_serving(
+    ui: UiServer, sql: str, status: int, message: str
+) -> None:
     got, body = ui.call("/api/v1/sql", body={"sql": sql})
     assert got == status
     assert message in body["detail"], body
@@ -413,7 +346,7 @@ def test_sql_refusals_and_errors_keep_the_server_serving(ui: Ui, sql: str, statu
     assert not Path("/tmp/mallard-api-test.csv").exists()
 
 
-def test_sql_body_must_be_an_object_with_sql(ui: Ui) -> None:
+def test_sql_body_must_be_an_object_with_sql(ui: UiServer) -> None:
     status, body = ui.call("/api/v1/sql", body={"query": "select 1"})
     assert status == 400 and body["detail"].startswith("sql: Field required")
     assert ui.call("/api/v1/sql", body={"sql": "select 1", "limit": -1})[0] == 400
@@ -422,7 +355,7 @@ def test_sql_body_must_be_an_object_with_sql(ui: Ui) -> None:
 # --- docs, health, auth, shutdown -------------------------------------------------------------
 
 
-def test_docs_and_openapi(ui: Ui) -> None:
+def test_docs_and_openapi(ui: UiServer) -> None:
     status, page = ui.call("/docs")
     assert status == 200 and "swagger-ui" in page
     status, schema = ui.call("/openapi.json")
@@ -483,7 +416,7 @@ def test_sql_over_its_time_limit_answers_400(data: Path) -> None:
         deadline = time.monotonic() + 30
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.01)
-        local = Client(sock.getsockname()[1])
+        local = ApiClient(sock.getsockname()[1])
         slow = "select sum(a.range * b.range) from range(1000000) a, range(1000000) b"
         status, body = local.call("/api/v1/sql", body={"sql": slow})
         assert status == 400 and "time limit of 0.2 s" in body["detail"], body

@@ -12,24 +12,14 @@ The data (T0 = 2024-05-31 16:00 UTC, seconds after T0):
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import signal
-import subprocess
-import sys
-import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-from harness import start_server, wait_for_rows
+from harness import UiServer, start_server, start_ui, wait_for_rows
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
@@ -43,7 +33,6 @@ T0 = datetime(2024, 5, 31, 16, 0, tzinfo=UTC)
 RANGE = "start=2024-05-31T16:00:00Z&end=2024-05-31T16:03:00Z"
 TRACE = "ab" * 16
 SPAN = "01" * 8
-READY = re.compile(r"mallard ui: ready http=(?P<host>[^:\s]+):(?P<port>\d+) data=(?P<data>\S+)")
 
 
 def ns(seconds: float) -> int:
@@ -141,51 +130,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # --- `mallard ui` as a child process (as in test_api.py) --------------------------------------
 
 
-@dataclass(kw_only=True)
-class Ui:
-    """JSON over urllib to `mallard ui` on 127.0.0.1:`port`; `call` answers (status, parsed body)."""
-
-    port: int
-    process: subprocess.Popen[str]
-    output: list[str] = field(default_factory=list)
-
-    def call(self, path: str) -> tuple[int, Any]:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as answer:
-                status, raw = answer.status, answer.read()
-        except urllib.error.HTTPError as error:
-            status, raw = error.code, error.read()
-        return status, json.loads(raw)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
-
-
-def start_ui(data: Path, timeout: float = 60) -> Ui:
-    command = [sys.executable, "-m", "mallard.app.cli", "ui", "--data", str(data), "--ui-port", "0"]
-    env = {key: value for key, value in os.environ.items() if key != "MALLARD_AUTH_TOKEN"}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    assert process.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        match = READY.search(line)
-        if match:
-            threading.Thread(target=lambda: lines.extend(process.stdout or ()), daemon=True).start()
-            return Ui(port=int(match["port"]), process=process, output=lines)
-    process.kill()
-    raise RuntimeError("mallard ui did not become ready:\n" + "".join(lines))
-
-
 @pytest.fixture(scope="module")
-def ui(data: Path) -> Iterator[Ui]:
+def ui(data: Path) -> Iterator[UiServer]:
     running = start_ui(data)
     yield running
     assert running.stop() == 0, "".join(running.output)
@@ -194,7 +140,7 @@ def ui(data: Path) -> Iterator[Ui]:
 # --- metrics ----------------------------------------------------------------------------------
 
 
-def test_metric_names(ui: Ui) -> None:
+def test_metric_names(ui: UiServer) -> None:
     status, body = ui.call(f"/api/v1/metrics?{RANGE}")
     assert status == 200
     assert body == {
@@ -227,7 +173,7 @@ def test_metric_names(ui: Ui) -> None:
     assert counts == {"requests": 2, "temperature": 1}
 
 
-def test_counter_increase_and_rate(ui: Ui) -> None:
+def test_counter_increase_and_rate(ui: UiServer) -> None:
     status, body = ui.call(f"/api/v1/metrics/requests/series?{RANGE}&step=60s&agg=increase")
     assert status == 200
     assert body == {
@@ -243,7 +189,7 @@ def test_counter_increase_and_rate(ui: Ui) -> None:
     ]
 
 
-def test_counter_group_by_and_attribute_filter(ui: Ui) -> None:
+def test_counter_group_by_and_attribute_filter(ui: UiServer) -> None:
     status, body = ui.call(f"/api/v1/metrics/requests/series?{RANGE}&step=60&agg=increase&group_by=route")
     assert status == 200
     assert body["series"] == [
@@ -259,7 +205,7 @@ def test_counter_group_by_and_attribute_filter(ui: Ui) -> None:
     ]
 
 
-def test_gauge_series(ui: Ui) -> None:
+def test_gauge_series(ui: UiServer) -> None:
     status, body = ui.call(f"/api/v1/metrics/temperature/series?{RANGE}&step=60s")
     assert status == 200
     assert body["step_s"] == 60.0
@@ -275,7 +221,7 @@ def test_gauge_series(ui: Ui) -> None:
     assert body["series"] == [{"labels": {}, "points": [[at(0), 2.0], [at(60), 1.0]]}]
 
 
-def test_a_known_metric_without_points_in_the_range_has_no_series(ui: Ui) -> None:
+def test_a_known_metric_without_points_in_the_range_has_no_series(ui: UiServer) -> None:
     status, body = ui.call(
         "/api/v1/metrics/requests/series?start=2024-05-31T17:00:00Z&end=2024-05-31T18:00:00Z"
     )
@@ -285,7 +231,7 @@ def test_a_known_metric_without_points_in_the_range_has_no_series(ui: Ui) -> Non
 # --- logs -------------------------------------------------------------------------------------
 
 
-def test_logs_newest_first_with_every_field(ui: Ui) -> None:
+def test_logs_newest_first_with_every_field(ui: UiServer) -> None:
     status, body = ui.call(f"/api/v1/logs?{RANGE}")
     assert status == 200
     assert body["start"] == "2024-05-31T16:00:00Z" and body["end"] == "2024-05-31T16:03:00Z"
@@ -321,13 +267,13 @@ def test_logs_newest_first_with_every_field(ui: Ui) -> None:
         ("text=nothing-like-this", []),
     ],
 )
-def test_log_filters(ui: Ui, query: str, expected: list[str]) -> None:
+def test_log_filters(ui: UiServer, query: str, expected: list[str]) -> None:
     status, body = ui.call(f"/api/v1/logs?{RANGE}&{query}")
     assert status == 200, body
     assert [entry["body"] for entry in body["logs"]] == expected
 
 
-def test_logs_default_to_the_last_hour(ui: Ui) -> None:
+def test_logs_default_to_the_last_hour(ui: UiServer) -> None:
     status, body = ui.call("/api/v1/logs")
     assert status == 200 and body["logs"] == []
     end, start = datetime.fromisoformat(body["end"]), datetime.fromisoformat(body["start"])
@@ -368,12 +314,12 @@ def test_logs_default_to_the_last_hour(ui: Ui) -> None:
         ("/api/v1/logs?end=2024-05-31T16:00:00", 400, "end: '2024-05-31T16:00:00' has no time zone"),
     ],
 )
-def test_bad_parameters_answer_a_detail(ui: Ui, path: str, status: int, message: str) -> None:
+def test_bad_parameters_answer_a_detail(ui: UiServer, path: str, status: int, message: str) -> None:
     got, body = ui.call(path)
     assert got == status, body
     assert list(body) == ["detail"] and message in body["detail"], body
 
 
-def test_openapi_lists_the_routes(ui: Ui) -> None:
+def test_openapi_lists_the_routes(ui: UiServer) -> None:
     schema = ui.call("/openapi.json")[1]
     assert {"/api/v1/metrics", "/api/v1/metrics/{name}/series", "/api/v1/logs"} <= set(schema["paths"])

@@ -9,13 +9,7 @@ A real `mallard ui` over a store filled through the real collector (T0 = 2024-05
 
 from __future__ import annotations
 
-import json
 import re
-import signal
-import subprocess
-import sys
-import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -24,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from harness import start_server, wait_for_rows
+from harness import ApiClient, start_server, start_ui, wait_for_rows
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
@@ -37,7 +31,6 @@ T0_US = to_unix_nano(datetime(2024, 5, 31, 16, 0, tzinfo=UTC)) // 1000
 MS = 1000  # in microseconds
 TRACE_A, TRACE_B = "a1" * 16, "b2" * 16
 RANGE = f"start={T0_US}&end={T0_US + 3_600_000_000}"
-READY = re.compile(r"mallard ui: ready http=127\.0\.0\.1:(?P<port>\d+)")
 
 
 def span(trace: str, number: int, parent: int | None, name: str, kind: int, start_ms: int,
@@ -100,33 +93,13 @@ def port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         assert wait_for_rows(root, "select span_id from spans", 4).num_rows == 4
     finally:
         assert collector.stop() == 0
-    command = [sys.executable, "-m", "mallard.app.cli", "ui", "--data", str(root), "--ui-port", "0"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert process.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + 60
-    found = None
-    while found is None and time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        found = READY.search(line)
-    if found is None:
-        process.kill()
-        raise RuntimeError("mallard ui did not become ready:\n" + "".join(lines))
-    threading.Thread(target=lambda: lines.extend(process.stdout or ()), daemon=True).start()
-    yield int(found["port"])
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=30) == 0, "".join(lines)
+    ui = start_ui(root)
+    yield ui.port
+    assert ui.stop() == 0, "".join(ui.output)
 
 
 def get(port: int, path: str) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+    return ApiClient(port).call(path)
 
 
 # --- the shapes Grafana parses (public/app/plugins/datasource/jaeger/types.ts) ----------------
