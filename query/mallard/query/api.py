@@ -54,7 +54,7 @@ from mallard.query.logs import MAX_SEARCH_LIMIT as MAX_LOG_LIMIT
 from mallard.query.logs import MAX_SEVERITY, search_logs
 from mallard.query.metrics import AGGREGATIONS, metric_names, metric_series
 from mallard.query.sandbox import SqlLimits, SqlSandbox
-from mallard.query.timerange import InvalidArgument, time_range
+from mallard.query.timerange import NS_PER_UNIT, InvalidArgument, time_range
 from mallard.query.traces import MAX_SEARCH_LIMIT, Trace, get_trace, search_traces, service_map, services
 
 logger = logging.getLogger(__name__)
@@ -63,16 +63,6 @@ API_PREFIX: Final = "/api/v1"
 DEFAULT_RANGE: Final = timedelta(hours=1)
 _UNIX_SECONDS: Final = re.compile(r"[0-9]+(\.[0-9]+)?")
 _DURATION: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(ns|us|µs|ms|s|m|h)?")
-_NS_PER_UNIT: Final = {
-    None: 1,
-    "ns": 1,
-    "us": 1_000,
-    "µs": 1_000,
-    "ms": 1_000_000,
-    "s": 1_000_000_000,
-    "m": 60_000_000_000,
-    "h": 3_600_000_000_000,
-}
 
 
 # --- response and request models (the HTTP contract) ------------------------------------------
@@ -499,7 +489,7 @@ def parse_duration(name: str, text: str) -> int:
     if match is None:
         raise InvalidArgument(f"{name}: {text!r} is not a duration (250ms, 1.5s, or nanoseconds)")
     try:
-        nanoseconds = Decimal(match[1]) * _NS_PER_UNIT[match[2]]
+        nanoseconds = Decimal(match[1]) * (NS_PER_UNIT[match[2]] if match[2] else 1)  # bare: ns
     except InvalidOperation:  # pragma: no cover - the pattern admits decimals only
         raise InvalidArgument(f"{name}: {text!r} is not a duration") from None
     if nanoseconds != nanoseconds.to_integral_value():
@@ -516,7 +506,7 @@ def parse_step(name: str, text: str) -> float:
         match = _DURATION.fullmatch(stripped)
         if match is None or match[2] is None:
             raise InvalidArgument(f"{name}: {text!r} is not a step (60s, 1m, or seconds)")
-        seconds = float(Decimal(match[1]) * _NS_PER_UNIT[match[2]] / 1_000_000_000)
+        seconds = float(Decimal(match[1]) * NS_PER_UNIT[match[2]] / 1_000_000_000)
     if not 0 < seconds < 1e12:
         raise InvalidArgument(f"{name}: {text!r} is not a positive step below 10^12 s")
     return seconds

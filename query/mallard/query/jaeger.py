@@ -32,22 +32,13 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from mallard.query.engine import Store
-from mallard.query.timerange import InvalidArgument, from_unix_nano
+from mallard.query.timerange import NS_PER_UNIT, InvalidArgument, from_unix_nano
 from mallard.query.traces import MAX_SEARCH_LIMIT, search_traces
 
 DEFAULT_LOOKBACK: Final = timedelta(hours=1)
 DEFAULT_LIMIT: Final = 20
 _TRACE_ID: Final = re.compile(r"[0-9a-fA-F]{1,32}")
 _GO_DURATION: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
-_NS_PER_UNIT: Final = {
-    "ns": 1,
-    "us": 1_000,
-    "µs": 1_000,
-    "ms": 1_000_000,
-    "s": 1_000_000_000,
-    "m": 60_000_000_000,
-    "h": 3_600_000_000_000,
-}
 _TAG_TYPES: Final = {"bool": "bool", "int": "int64", "double": "float64", "bytes": "binary"}
 _SPAN_COLUMNS: Final = (
     "trace_id, span_id, parent_span_id, trace_state, flags, name, kind, service_name,"
@@ -159,7 +150,7 @@ def parse_go_duration(name: str, text: str) -> int:
     parts = _GO_DURATION.findall(text.strip())
     if not parts or "".join(number + unit for number, unit in parts) != text.strip():
         raise InvalidArgument(f"{name}: {text!r} is not a duration (100ms, 1.5s, 1h30m)")
-    return round(sum(float(number) * _NS_PER_UNIT[unit] for number, unit in parts))
+    return round(sum(float(number) * NS_PER_UNIT[unit] for number, unit in parts))
 
 
 def parse_tags(tags: str | None, pairs: Sequence[str]) -> dict[str, str]:
