@@ -157,6 +157,17 @@ def _drain(process: subprocess.Popen[str], lines: list[str]) -> None:
         lines.append(line)
 
 
+def post_otlp(server: MallardServer, signal: str, payload: bytes) -> None:
+    """POSTs an OTLP protobuf export request to `/v1/<signal>` and checks it was accepted."""
+    request = urllib.request.Request(
+        f"{server.http_endpoint}/v1/{signal}",
+        data=payload,
+        headers={"Content-Type": "application/x-protobuf"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        assert answer.status == 200
+
+
 def query(data: Path, sql: str) -> pa.Table:
     with Store(data) as store:
         return store.sql(sql)

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from harness import ApiClient, UiServer, start_server, start_ui, wait_for_rows
+from harness import ApiClient, UiServer, post_otlp, start_server, start_ui, wait_for_rows
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
@@ -77,13 +75,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("api") / "data"
     collector = start_server(root, "--flush-interval", "0.2")
     try:
-        post = urllib.request.Request(
-            collector.http_endpoint + "/v1/traces",
-            data=export_request(),
-            headers={"Content-Type": "application/x-protobuf"},
-        )
-        with urllib.request.urlopen(post, timeout=30) as answer:
-            assert answer.status == 200
+        post_otlp(collector, "traces", export_request())
         assert wait_for_rows(root, "select span_id from spans", 4).num_rows == 4
     finally:
         assert collector.stop() == 0

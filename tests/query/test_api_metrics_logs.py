@@ -12,14 +12,12 @@ The data (T0 = 2024-05-31 16:00 UTC, seconds after T0):
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from harness import UiServer, start_server, start_ui, wait_for_rows
+from harness import UiServer, post_otlp, start_server, start_ui, wait_for_rows
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
@@ -112,14 +110,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("api-metrics-logs") / "data"
     collector = start_server(root, "--flush-interval", "0.2")
     try:
-        for path, body in (("/v1/metrics", metrics_request()), ("/v1/logs", logs_request())):
-            post = urllib.request.Request(
-                collector.http_endpoint + path,
-                data=body,
-                headers={"Content-Type": "application/x-protobuf"},
-            )
-            with urllib.request.urlopen(post, timeout=30) as answer:
-                assert answer.status == 200
+        post_otlp(collector, "metrics", metrics_request())
+        post_otlp(collector, "logs", logs_request())
         assert wait_for_rows(root, "select metric_name from metrics", 9).num_rows == 9
         assert wait_for_rows(root, "select body from logs", 3).num_rows == 3
     finally:

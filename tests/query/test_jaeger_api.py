@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from harness import ApiClient, start_server, start_ui, wait_for_rows
+from harness import ApiClient, post_otlp, start_server, start_ui, wait_for_rows
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
@@ -83,13 +83,7 @@ def port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     root = tmp_path_factory.mktemp("jaeger") / "data"
     collector = start_server(root, "--flush-interval", "0.2")
     try:
-        post = urllib.request.Request(
-            collector.http_endpoint + "/v1/traces",
-            data=export_request(),
-            headers={"Content-Type": "application/x-protobuf"},
-        )
-        with urllib.request.urlopen(post, timeout=30) as answer:
-            assert answer.status == 200
+        post_otlp(collector, "traces", export_request())
         assert wait_for_rows(root, "select span_id from spans", 4).num_rows == 4
     finally:
         assert collector.stop() == 0

@@ -14,14 +14,13 @@ The data (times from T0 = 2024-05-31 16:00 UTC, durations in ms):
 from __future__ import annotations
 
 import statistics
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from harness import start_server, wait_for_rows
+from harness import post_otlp, start_server, wait_for_rows
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
@@ -139,13 +138,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     data = tmp_path_factory.mktemp("traces") / "data"
     server = start_server(data, "--flush-interval", "0.2")
     try:
-        post = urllib.request.Request(
-            server.http_endpoint + "/v1/traces",
-            data=request(),
-            headers={"Content-Type": "application/x-protobuf"},
-        )
-        with urllib.request.urlopen(post, timeout=30) as answer:
-            assert answer.status == 200
+        post_otlp(server, "traces", request())
         rows = wait_for_rows(data, "select span_id from spans", len(SPANS))
         assert rows.num_rows == len(SPANS)
     finally:
