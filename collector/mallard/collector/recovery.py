@@ -1,7 +1,8 @@
 """Start-up replay: commits what a write-ahead log holds that is not yet in Parquet, exactly once.
 
 A WAL record is skipped, per hour partition, when a committed file of the same writer names a WAL
-range holding it; every other row is written again, in chunks, with the chunk's range in the name.
+range holding it (a collector file in its name, a compacted file in its footer); every other row is
+written again, in chunks, with the chunk's range in the name.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from mallard.collector.arrow import CONVERTERS, TABLE_OF_SIGNAL, Limits
 from mallard.collector.batcher import Sink
 from mallard.collector.errors import PermanentError
 from mallard.collector.wal import WalRecord, WriteAheadLog
-from mallard.storage.layout import Partition, list_part_files
+from mallard.storage.layout import Partition, committed_ranges
 from mallard.storage.schema import TABLES
 from mallard.storage.writer import split_by_hour
 
@@ -44,10 +45,10 @@ class _Coverage:
         self._ranges: dict[Partition, list[tuple[int, int]]] = defaultdict(list)
         self.max_lsn = 0
         for table in TABLES:
-            for part in list_part_files(root, table):
-                if part.writer == writer:
-                    self._ranges[part.partition].append((part.first_lsn, part.last_lsn))
-                    self.max_lsn = max(self.max_lsn, part.last_lsn)
+            for partition, owner, first, last in committed_ranges(root, table):
+                if owner == writer:
+                    self._ranges[partition].append((first, last))
+                    self.max_lsn = max(self.max_lsn, last)
 
     def covers(self, partition: Partition, lsn: int) -> bool:
         return any(first <= lsn <= last for first, last in self._ranges.get(partition, ()))

@@ -14,25 +14,41 @@ all deleted reads as empty again. The check stops at the first file it finds.
 
 Timestamps stay in UTC: the connection's `TimeZone` is `UTC`, so `TIMESTAMP WITH TIME ZONE` columns
 come back as `timestamp[us, tz=UTC]` and print with `+00`.
+
+`traces` (one row per trace) merges the rows of `trace_rows`: the `traces` table that compaction
+builds for compacted hours, and the same rows computed from `spans` for every hour that still holds
+collector files (the hours not compacted yet, or with late data), so a trace is there as soon as its
+spans are. Which hours those are is checked before every query, from the partition directories.
+
+Every query holds the store's `ReaderLock` shared, so compaction and retention never swap files
+between the listing of the files and the reading of them; should a file vanish anyway (a swap that
+did not wait for the lock), the query is run again from the start.
 """
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self
+from typing import Final, Self, TypeVar
 
 import duckdb
 import pyarrow as pa
 
 from mallard.query.errors import QueryError
-from mallard.storage.layout import table_dir, table_glob
-from mallard.storage.schema import SCHEMAS, TABLES
+from mallard.storage.layout import COMPACTED_PREFIX, Partition, table_dir, table_glob
+from mallard.storage.lock import ReaderLock
+from mallard.storage.schema import ALL_SCHEMAS, TABLES
+from mallard.storage.traces import TRACE_MERGE_SQL, trace_rows_sql
 
 # The hive partition columns and the types they are read as (pinned, not inferred from the paths).
 HIVE_COLUMNS: Final = (("date", "DATE"), ("hour", "BIGINT"))
+VIEWS: Final = (*TABLES, "traces", "trace_rows")
+_ATTEMPTS: Final = 3  # a query that finds a file gone is run again, at most this many times in all
+
+T = TypeVar("T")
 
 
 class Store:
@@ -51,6 +67,7 @@ class Store:
         except duckdb.Error as error:
             self._connection.close()
             raise QueryError(str(error)) from error
+        self._reader_lock = ReaderLock(self._root)
 
     @property
     def root(self) -> Path:
@@ -62,19 +79,25 @@ class Store:
         `params` fill the query's `?` placeholders: caller values never go into SQL text.
         Raises `QueryError` with DuckDB's message when DuckDB rejects the query.
         """
+        values = list(params) if params is not None else None
+
+        def attempt() -> pa.Table:
+            self._views.refresh()
+            relation = self._connection.sql(query, params=values)
+            if relation is None:  # no statement at all
+                return pa.table({})
+            return relation.to_arrow_table()
+
         with self._lock:
             try:
-                self._views.refresh()
-                relation = self._connection.sql(query, params=list(params) if params is not None else None)
-                if relation is None:  # no statement at all
-                    return pa.table({})
-                return relation.to_arrow_table()
+                return read_consistently(self._reader_lock, attempt)
             except duckdb.Error as error:
                 raise QueryError(str(error)) from error
 
     def close(self) -> None:
         with self._lock:
             self._connection.close()
+            self._reader_lock.close()
 
     def __enter__(self) -> Self:
         return self
@@ -89,17 +112,21 @@ class Store:
 
 
 class TableViews:
-    """The views `spans`, `metrics`, `logs` of the store under `root`, defined on `connection`.
+    """The views `spans`, `metrics`, `logs`, `trace_rows`, `traces` of the store under `root`, defined
+    on `connection`.
 
-    Call `refresh()` before every query (under the same lock as the query): it redefines a view only
-    when its table gained its first file or lost its last one.
+    Call `refresh()` before every query (under the same lock as the query): it redefines a table's
+    view only when the table gained its first file or lost its last one, and the trace views when the
+    hours that are not compacted change.
     """
 
     def __init__(self, connection: duckdb.DuckDBPyConnection, root: Path) -> None:
         self._connection = connection
         self._root = root
         self._has_files: dict[str, bool] = {}
-        self._empty = {table: _empty_select(connection, table) for table in TABLES}
+        self._empty = {table: _empty_select(connection, table) for table in (*TABLES, "traces")}
+        self._open_hours = _OpenHours(table_dir(root, "spans"))
+        self._traces_key: tuple[object, ...] | None = None
 
     def refresh(self) -> None:
         for table in TABLES:
@@ -111,6 +138,89 @@ class TableViews:
                 source += f" UNION ALL BY NAME {_parquet_select(self._root, table)}"
             self._connection.execute(f"CREATE OR REPLACE VIEW {table} AS {source}")
             self._has_files[table] = has_files
+        self._refresh_traces()
+
+    def _refresh_traces(self) -> None:
+        has_rows = _has_files(table_dir(self._root, "traces"))
+        open_hours = self._open_hours.list() if self._has_files["spans"] else ()
+        key = (has_rows, open_hours)
+        if key == self._traces_key:
+            return
+        hours = " OR ".join(f"(date = DATE '{date}' AND hour = {hour})" for date, hour in open_hours)
+        source = self._empty["traces"]
+        if has_rows:
+            built = f"SELECT * FROM ({_parquet_select(self._root, 'traces')})"
+            source += f" UNION ALL BY NAME {built}" + (f" WHERE NOT ({hours})" if hours else "")
+        if hours:
+            live = trace_rows_sql(f"(SELECT * FROM spans WHERE {hours})", extra_keys=("date", "hour"))
+            source += f" UNION ALL BY NAME SELECT * FROM ({live})"
+        self._connection.execute(f"CREATE OR REPLACE VIEW trace_rows AS {source}")
+        self._connection.execute(f"CREATE OR REPLACE VIEW traces AS {TRACE_MERGE_SQL}")
+        self._traces_key = key
+
+
+class _OpenHours:
+    """The (date, hour) partitions of `spans` that hold files not written by compaction; a directory
+    is listed again only when its modification time changed."""
+
+    def __init__(self, spans_dir: Path) -> None:
+        self._spans_dir = spans_dir
+        self._seen: dict[str, tuple[int, bool]] = {}  # hour directory → (mtime_ns, open)
+
+    def list(self) -> tuple[tuple[str, int], ...]:
+        found = []
+        seen: dict[str, tuple[int, bool]] = {}
+        for date_entry in _scan(self._spans_dir):
+            for hour_entry in _scan(Path(date_entry.path)):
+                try:
+                    mtime = hour_entry.stat().st_mtime_ns
+                except OSError:
+                    continue
+                cached = self._seen.get(hour_entry.path)
+                is_open = cached[1] if cached is not None and cached[0] == mtime else _is_open(hour_entry)
+                seen[hour_entry.path] = (mtime, is_open)
+                partition = Partition.of_dir("spans", Path(hour_entry.path))
+                if is_open and partition is not None:
+                    found.append((partition.date, partition.hour))
+        self._seen = seen
+        return tuple(sorted(found))
+
+
+def _scan(directory: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(directory) as entries:
+            return [entry for entry in entries if entry.is_dir()]
+    except OSError:
+        return []
+
+
+def _is_open(hour_entry: os.DirEntry[str]) -> bool:
+    try:
+        with os.scandir(hour_entry.path) as entries:
+            return any(
+                entry.name.endswith(".parquet") and not entry.name.startswith(COMPACTED_PREFIX)
+                for entry in entries
+            )
+    except OSError:
+        return False
+
+
+def read_consistently(lock: ReaderLock, attempt: Callable[[], T]) -> T:
+    """`attempt()` under the readers' lock, run again (at most `_ATTEMPTS` times in all) when a file
+    it listed was gone by the time it opened it."""
+    for number in range(1, _ATTEMPTS + 1):
+        with lock.shared():
+            try:
+                return attempt()
+            except duckdb.IOException as error:
+                if number == _ATTEMPTS or not _vanished(error):
+                    raise
+    raise AssertionError("unreachable")
+
+
+def _vanished(error: duckdb.IOException) -> bool:
+    text = str(error)
+    return "No such file or directory" in text or "No files found" in text
 
 
 def _has_files(directory: Path) -> bool:
@@ -128,7 +238,7 @@ def _parquet_select(root: Path, table: str) -> str:
 
 def _empty_select(connection: duckdb.DuckDBPyConnection, table: str) -> str:
     """A `SELECT` of no rows with the columns and DuckDB types the table has once files exist."""
-    relation = connection.from_arrow(SCHEMAS[table].empty_table())
+    relation = connection.from_arrow(ALL_SCHEMAS[table].empty_table())
     columns = [
         (name, str(sql_type)) for name, sql_type in zip(relation.columns, relation.dtypes, strict=True)
     ]

@@ -42,10 +42,11 @@ from typing import Final, Self
 import duckdb
 import pyarrow as pa
 
-from mallard.query.engine import TableViews
+from mallard.query.engine import TableViews, read_consistently
 from mallard.query.errors import QueryError, SqlRefused, SqlTimeout
 from mallard.query.output import JsonValue, to_json_rows
 from mallard.storage.layout import table_dir
+from mallard.storage.lock import ReaderLock
 from mallard.storage.schema import TABLES
 
 _BATCH_ROWS: Final = 1024
@@ -89,10 +90,11 @@ class SqlSandbox:
         self._connection = duckdb.connect(":memory:")
         try:
             self._views = TableViews(self._connection, self._root)
-            _lock_down(self._connection, [table_dir(self._root, table) for table in TABLES])
+            _lock_down(self._connection, [table_dir(self._root, table) for table in (*TABLES, "traces")])
         except duckdb.Error as error:
             self._connection.close()
             raise QueryError(str(error)) from error
+        self._reader_lock = ReaderLock(self._root)
 
     @property
     def limits(self) -> SqlLimits:
@@ -116,8 +118,12 @@ class SqlSandbox:
             timer = threading.Timer(self._limits.timeout_s, interrupt)
             timer.start()
             try:
-                self._views.refresh()
-                return self._fetch(self._connection.sql(statement), row_cap)
+
+                def attempt() -> SqlResult:
+                    self._views.refresh()
+                    return self._fetch(self._connection.sql(statement), row_cap)
+
+                return read_consistently(self._reader_lock, attempt)
             except duckdb.PermissionException as error:
                 raise SqlRefused(f"read-only SQL cannot reach outside the store: {error}") from error
             except (duckdb.Error, pa.ArrowException, OSError) as error:  # pyarrow raises while streaming
@@ -132,6 +138,7 @@ class SqlSandbox:
     def close(self) -> None:
         with self._lock:
             self._connection.close()
+            self._reader_lock.close()
 
     def __enter__(self) -> Self:
         return self

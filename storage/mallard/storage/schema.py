@@ -188,6 +188,33 @@ ATTRIBUTE_MAP_COLUMNS: Final = frozenset(
 
 SCHEMAS: Final[dict[str, pa.Schema]] = {"spans": SPANS, "metrics": METRICS, "logs": LOGS}
 
+# `traces`, built by compaction from `spans` (not written by the collector): one row per trace and
+# hour partition of its spans. Almost every trace lies in one hour and so has one row; the `traces`
+# view of `mallard.query.Store` merges the rows of a trace (`TRACE_MERGE_SQL` in `storage.traces`).
+# The root candidate of a row is its parentless span (else its earliest span), ties broken by start
+# time then span id; across rows a parentless candidate wins, then the earliest.
+TRACES: Final = pa.schema(
+    [
+        pa.field("trace_id", pa.string()),
+        pa.field("root_service", pa.string()),
+        pa.field("root_operation", pa.string()),
+        pa.field("root_span_id", pa.string()),
+        pa.field("has_root", pa.bool_()),
+        pa.field("root_start_time_unix_nano", pa.int64()),
+        pa.field("start_time", TIMESTAMP),
+        pa.field("end_time", TIMESTAMP),
+        pa.field("start_time_unix_nano", pa.int64()),
+        pa.field("end_time_unix_nano", pa.int64()),
+        pa.field("span_count", pa.int64()),
+        pa.field("error_count", pa.int64()),
+        pa.field("services", pa.list_(pa.string())),
+        pa.field("input_tokens", pa.int64()),
+        pa.field("output_tokens", pa.int64()),
+    ]
+)
+DERIVED_TABLES: Final = ("traces",)
+ALL_SCHEMAS: Final[dict[str, pa.Schema]] = {**SCHEMAS, "traces": TRACES}
+
 # The column each table is partitioned on (date=/hour= directories).
 PARTITION_TIME_COLUMN: Final[dict[str, str]] = {
     "spans": "start_time",

@@ -19,7 +19,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mallard.storage.errors import StorageError
-from mallard.storage.layout import Partition, part_file_name, tmp_dir
+from mallard.storage.layout import (
+    COMPACTED_PREFIX,
+    Partition,
+    directory_coverage,
+    part_file_name,
+    tmp_dir,
+)
 from mallard.storage.schema import PARTITION_TIME_COLUMN, SCHEMA_VERSION, TABLES, schema_for
 
 logger = logging.getLogger(__name__)
@@ -110,6 +116,17 @@ def split_by_hour(table: str, data: pa.Table) -> Iterator[tuple[Partition, pa.Ta
         yield Partition.for_hour(table, hour), data.filter(pc.equal(hours, hour))
 
 
+def _committed(directory: Path, writer: str, first_lsn: int, last_lsn: int) -> bool:
+    """Whether `directory` already holds `writer`'s rows of exactly this WAL range: its collector
+    file, or a compacted file that replaced it."""
+    if any(directory.glob(f"{writer}-{first_lsn:016d}-{last_lsn:016d}-*.parquet")):
+        return True
+    if not any(directory.glob(f"{COMPACTED_PREFIX}*.parquet")):
+        return False
+    ranges = directory_coverage(directory).get(writer, [])
+    return any(first <= first_lsn and last_lsn <= last for first, last in ranges)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -154,7 +171,7 @@ class ParquetSink:
         }
         for partition, rows in split_by_hour(table, data):
             final_dir = self.root / partition.relative_dir()
-            if any(final_dir.glob(f"{writer}-{first_lsn:016d}-{last_lsn:016d}-*.parquet")):
+            if _committed(final_dir, writer, first_lsn, last_lsn):
                 continue
             ordered = rows.sort_by(SORT_KEYS[table]).replace_schema_metadata(metadata)
             committed.append(self._commit(partition, ordered, name))

@@ -1,0 +1,60 @@
+"""The `traces` summary: the SQL that builds its rows from spans, and the SQL that merges them.
+
+Both are DuckDB SQL over a relation named in the text, so the compactor (over the spans files of one
+hour) and `mallard.query.Store` (over the spans of hours not compacted yet) build identical rows.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+_ROOT_ORDER: Final = "(coalesce(parent_span_id, '') <> '', start_time_unix_nano, span_id)"
+
+
+def trace_rows_sql(spans: str, *, extra_keys: tuple[str, ...] = ()) -> str:
+    """One row of the `traces` table (schema `TRACES`) per trace of the spans relation `spans`,
+    per `extra_keys` too (e.g. the hive columns `date`, `hour`), ordered by trace id."""
+    keys = ", ".join(("trace_id", *extra_keys))
+    return f"""
+        SELECT {keys},
+            arg_min(service_name, {_ROOT_ORDER}) AS root_service,
+            arg_min(name, {_ROOT_ORDER}) AS root_operation,
+            arg_min(span_id, {_ROOT_ORDER}) AS root_span_id,
+            bool_or(coalesce(parent_span_id, '') = '') AS has_root,
+            arg_min(start_time_unix_nano, {_ROOT_ORDER}) AS root_start_time_unix_nano,
+            min(start_time) AS start_time,
+            max(end_time) AS end_time,
+            min(start_time_unix_nano) AS start_time_unix_nano,
+            max(end_time_unix_nano) AS end_time_unix_nano,
+            count(*) AS span_count,
+            count(*) FILTER (WHERE status_code = 'ERROR') AS error_count,
+            list_sort(list_distinct(list(service_name))) AS services,
+            CAST(sum(gen_ai_input_tokens) AS BIGINT) AS input_tokens,
+            CAST(sum(gen_ai_output_tokens) AS BIGINT) AS output_tokens
+        FROM {spans}
+        GROUP BY {keys}
+        ORDER BY {keys}
+    """
+
+
+_MERGED_ROOT: Final = "(NOT has_root, root_start_time_unix_nano, root_span_id)"
+
+# The `traces` view over the rows of the table (`trace_rows`): one row per trace.
+TRACE_MERGE_SQL: Final = f"""
+    SELECT trace_id,
+        arg_min(root_service, {_MERGED_ROOT}) AS root_service,
+        arg_min(root_operation, {_MERGED_ROOT}) AS root_operation,
+        arg_min(root_span_id, {_MERGED_ROOT}) AS root_span_id,
+        min(start_time) AS start_time,
+        max(end_time) AS end_time,
+        min(start_time_unix_nano) AS start_time_unix_nano,
+        max(end_time_unix_nano) AS end_time_unix_nano,
+        max(end_time_unix_nano) - min(start_time_unix_nano) AS duration,
+        CAST(sum(span_count) AS BIGINT) AS span_count,
+        CAST(sum(error_count) AS BIGINT) AS error_count,
+        list_sort(list_distinct(flatten(list(services)))) AS services,
+        CAST(sum(input_tokens) AS BIGINT) AS input_tokens,
+        CAST(sum(output_tokens) AS BIGINT) AS output_tokens
+    FROM trace_rows
+    GROUP BY trace_id
+"""
