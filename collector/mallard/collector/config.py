@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from mallard.storage.retention import parse_retention
+
 
 class ConfigError(Exception):
     """A setting is unknown, malformed or out of range."""
@@ -36,6 +38,10 @@ def parse_size(text: str) -> int:
 
 def _text_or_none(text: str) -> str | None:
     return text or None
+
+
+def _retention(text: str) -> tuple[tuple[str, float], ...]:
+    return tuple(parse_retention(text).items())
 
 
 def _path_or_none(text: str) -> Path | None:
@@ -119,6 +125,17 @@ SETTINGS: Final = (
         help="also serve the HTTP API (`mallard ui`) from `mallard serve`: true or false",
     ),
     Setting(name="ui_port", parse=int, help="HTTP API port, same host and auth token (0: free)"),
+    Setting(
+        name="retention",
+        parse=_retention,
+        help="maximum age of the data: '7d' for every table, or 'spans=7d,metrics=30d,logs=3d'; "
+        "whole hours are dropped (empty: keep everything)",
+    ),
+    Setting(
+        name="compact_interval",
+        parse=float,
+        help="seconds between maintenance runs (compaction of closed hours, retention); 0: off",
+    ),
 )
 
 
@@ -149,6 +166,8 @@ class CollectorConfig:
     log_level: str = "info"
     ui: bool = True
     ui_port: int = 8686
+    retention: tuple[tuple[str, float], ...] = ()
+    compact_interval: float = 300.0
 
     def validate(self) -> CollectorConfig:
         for name in ("grpc_port", "http_port", "ui_port"):
@@ -172,7 +191,7 @@ class CollectorConfig:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
         if not self.flush_interval > 0:  # also refuses nan
             raise ConfigError(f"flush_interval must be positive, not {self.flush_interval}")
-        for name in ("self_metrics_interval", "wal_lock_timeout"):
+        for name in ("self_metrics_interval", "wal_lock_timeout", "compact_interval"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be 0 or more, not {getattr(self, name)}")
         if (self.tls_cert is None) != (self.tls_key is None):

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from mallard.app.api_process import ApiProcess, ApiSettings, ApiStartError
 
 if TYPE_CHECKING:
+    from mallard.app.maintenance import MaintenanceProcess
     from mallard.collector.config import CollectorConfig
 
 
@@ -21,6 +22,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mallard.app.maintenance import add_compact_arguments
     from mallard.app.ui import add_ui_arguments
     from mallard.collector.config import add_arguments
     from mallard.query.cli import add_sql_arguments
@@ -60,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
         "with OpenAPI docs at /docs.",
     )
     add_ui_arguments(ui)
+    compact = commands.add_parser(
+        "compact",
+        help="compact closed hours into large sorted files, build the traces table, apply retention",
+        description="Merge the small files of every closed hour into large sorted ones and build the "
+        "traces summary table from their spans; with --retention, first drop hours older than that. "
+        "Safe while mallard serve and queries run (mallard serve also does this every "
+        "--compact-interval seconds).",
+    )
+    add_compact_arguments(compact)
     return parser
 
 
@@ -79,6 +90,7 @@ def _serve(args: argparse.Namespace) -> int:
     except (OSError, ApiStartError) as exc:
         print(f"mallard serve: error: {exc}", file=sys.stderr)
         return 1
+    maintenance = _start_maintenance(config) if config.compact_interval > 0 else None
     suffix = f" ui={config.host}:{api.port}" if api is not None else ""
 
     def announce(line: str) -> None:
@@ -90,6 +102,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"mallard serve: error: {exc}", file=sys.stderr)
         code = 1
     finally:  # the collector has drained (or failed): only now stop the API
+        if maintenance is not None:
+            maintenance.stop()
         api_code = api.stop() if api is not None else 0
     if api_code != 0:
         print(f"mallard serve: error: the HTTP API exited with {api_code}", file=sys.stderr)
@@ -108,6 +122,19 @@ def _start_api(config: CollectorConfig) -> ApiProcess:
     return ApiProcess.start(settings)
 
 
+def _start_maintenance(config: CollectorConfig) -> MaintenanceProcess:
+    from mallard.app.maintenance import MaintenanceProcess, MaintenanceSettings
+
+    config.data.mkdir(parents=True, exist_ok=True)
+    settings = MaintenanceSettings(
+        data=config.data,
+        interval_s=config.compact_interval,
+        retention=config.retention,
+        log_level=config.log_level,
+    )
+    return MaintenanceProcess.start(settings)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
@@ -116,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         from mallard.app.ui import run_ui
 
         return run_ui(args, announce=lambda line: print(line, flush=True))
+    if args.command == "compact":
+        from mallard.app.maintenance import run_compact
+
+        return run_compact(args)
     if args.command == "shell":
         from mallard.query.shell import run_shell
 

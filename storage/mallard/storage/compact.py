@@ -62,6 +62,7 @@ from mallard.storage.layout import (
     trash_dir,
 )
 from mallard.storage.lock import ReaderLock
+from mallard.storage.retention import MAINTAINED_TABLES
 from mallard.storage.schema import SCHEMA_VERSION, TABLES
 from mallard.storage.traces import trace_rows_sql
 
@@ -74,7 +75,6 @@ COMPACT_SORT: Final[dict[str, tuple[str, ...]]] = {
     "metrics": ("metric_name", "service_name", "time_unix_nano"),
     "logs": ("time_unix_nano", "service_name"),
 }
-MAINTAINED_TABLES: Final = (*TABLES, "traces")
 _STAGING_PREFIX: Final = "compact-"
 
 
