@@ -53,6 +53,7 @@ from mallard.query.jaeger import create_jaeger_router
 from mallard.query.logs import MAX_SEARCH_LIMIT as MAX_LOG_LIMIT
 from mallard.query.logs import MAX_SEVERITY, search_logs
 from mallard.query.metrics import AGGREGATIONS, metric_names, metric_series
+from mallard.query.prometheus import create_prometheus_router
 from mallard.query.sandbox import SqlLimits, SqlSandbox
 from mallard.query.timerange import NS_PER_UNIT, InvalidArgument, time_range
 from mallard.query.traces import MAX_SEARCH_LIMIT, Trace, get_trace, search_traces, service_map, services
@@ -403,6 +404,7 @@ def create_api(root: Path, *, auth_token: str | None = None, sql_limits: SqlLimi
 
     app.include_router(router)
     app.include_router(create_jaeger_router(store), dependencies=documented_auth)
+    app.include_router(create_prometheus_router(store), dependencies=documented_auth)
 
     @app.get("/healthz", response_model=Health)
     def healthz() -> Health:
