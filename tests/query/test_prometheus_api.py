@@ -468,6 +468,9 @@ def test_cumulative_counter_with_a_reset(ui: UiServer) -> None:
     # (30 s, 150 s]: 4, 5, 2, 5; the +15 s point is only the baseline of +45 s
     assert instant(ui, "increase(jobs_done[2m])", 150) == {labels(**SHOP): 16.0}
     assert instant(ui, "rate(jobs_done[1m] offset 1m)", 180) == {labels(**SHOP): pytest.approx(7 / 60)}
+    # windows and offsets far beyond the stored times
+    assert instant(ui, "increase(jobs_done[1000y])", 120) == {labels(**SHOP): 16.0}
+    assert instant(ui, "jobs_done offset 100y", 120) == {}
 
 
 def test_range_query_on_the_step_grid(ui: UiServer) -> None:
@@ -663,6 +666,13 @@ def test_histogram_quantile_range_query(ui: UiServer) -> None:
             400,
             "bad_data",
             "to a valid timestamp",
+        ),
+        (
+            "/api/v1/query",
+            {"query": "1", "time": "1e20"},
+            400,
+            "bad_data",
+            'invalid parameter "time": 1e20 is out',
         ),
         (
             "/api/v1/query",

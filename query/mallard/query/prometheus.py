@@ -66,6 +66,7 @@ logger = logging.getLogger(__name__)
 PROMETHEUS_API_VERSION: Final = "2.53.0"  # the Prometheus release whose HTTP API the routes follow
 DEFAULT_TIMEOUT_S: Final = 120.0
 _ALL_TIME: Final = (0, to_unix_nano(datetime(2262, 1, 1, tzinfo=UTC)))  # ns; BIGINT ends in 2262
+_MAX_MS: Final = 9_000_000_000_000  # |unix ms| of a parameter: about 1685 to 2255
 _FLOAT: Final = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 _LABEL_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _METADATA_TYPES: Final = {"gauge": "gauge", "histogram": "histogram", "exponential_histogram": "histogram"}
@@ -297,15 +298,19 @@ def _matches(params: Params) -> list[VectorSelector]:
 def _time(params: Params, name: str) -> int:
     """An RFC 3339 time or unix seconds, as unix milliseconds."""
     text = (_one(params, name) or "").strip()
+    milliseconds = None
     try:
         if _FLOAT.fullmatch(text):
-            return int((Decimal(text) * 1000).to_integral_value())
-        moment = datetime.fromisoformat(text)
-        if moment.tzinfo is not None:
-            return to_unix_nano(moment) // 1_000_000
+            milliseconds = int((Decimal(text) * 1000).to_integral_value())
+        elif (moment := datetime.fromisoformat(text)).tzinfo is not None:
+            milliseconds = to_unix_nano(moment) // 1_000_000
     except (ValueError, InvalidOperation, OverflowError):
         pass
-    raise BadData(f'invalid parameter "{name}": cannot parse "{text}" to a valid timestamp')
+    if milliseconds is None:
+        raise BadData(f'invalid parameter "{name}": cannot parse "{text}" to a valid timestamp')
+    if abs(milliseconds) > _MAX_MS:
+        raise BadData(f'invalid parameter "{name}": {text} is out of range')
+    return milliseconds
 
 
 def _duration_ms(params: Params, name: str) -> int:

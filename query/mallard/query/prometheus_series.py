@@ -67,6 +67,7 @@ _POINT: Final[dict[str, Callable[[dict[str, Any]], Any]]] = {
 }
 
 LabelKey = tuple[tuple[str, str], ...]
+STORED_TIMES: Final = (0, 9_200_000_000_000_000_000)  # ns: what BIGINT `time_unix_nano` can hold
 
 
 # --- names and labels -------------------------------------------------------------------------
@@ -131,6 +132,9 @@ class Catalogued:
 
 def catalog(store: Store, lo_ns: int, hi_ns: int) -> list[Catalogued]:
     """The Prometheus metrics with a point in `[lo_ns, hi_ns]`, by name."""
+    lo_ns, hi_ns = max(lo_ns, STORED_TIMES[0]), min(hi_ns, STORED_TIMES[1])
+    if hi_ns < lo_ns:
+        return []
     found = []
     for info in metric_names(store, start=from_unix_nano(lo_ns), end=_after(hi_ns)):
         for suffix, part in _PARTS.get(info.type, ()):
@@ -151,6 +155,7 @@ def _after(nanoseconds: int) -> datetime:
 
 
 def _range_sql(lo_ns: int, hi_ns: int, params: list[object]) -> str:
+    lo_ns, hi_ns = max(lo_ns, STORED_TIMES[0]), min(hi_ns, STORED_TIMES[1])
     time = TimeRange(start=from_unix_nano(lo_ns), end=_after(hi_ns))
     params.extend((lo_ns, hi_ns))
     return f"{partition_predicate(time)} AND time_unix_nano >= ? AND time_unix_nano <= ?"
