@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -47,6 +48,7 @@ from mallard.storage.traces import TRACE_MERGE_SQL, trace_rows_sql
 HIVE_COLUMNS: Final = (("date", "DATE"), ("hour", "BIGINT"))
 VIEWS: Final = (*TABLES, "traces", "trace_rows")
 _ATTEMPTS: Final = 3  # a query that finds a file gone is run again, at most this many times in all
+_RETRY_PAUSE_S: Final = 0.05
 
 T = TypeVar("T")
 
@@ -215,6 +217,7 @@ def read_consistently(lock: ReaderLock, attempt: Callable[[], T]) -> T:
             except duckdb.IOException as error:
                 if number == _ATTEMPTS or not _vanished(error):
                     raise
+        time.sleep(_RETRY_PAUSE_S * number)
     raise AssertionError("unreachable")
 
 

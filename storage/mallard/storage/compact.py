@@ -90,7 +90,7 @@ class CompactionSettings:
     memory_limit: str = "1GB"  # DuckDB spills the sort to <root>/tmp/ beyond this
     threads: int = 0  # DuckDB threads; 0: one per core
     grace_s: float = 600.0  # how long replaced and dropped files stay in the trash
-    lock_timeout_s: float = 30.0  # wait for running queries before swapping files anyway
+    lock_timeout_s: float = 120.0  # wait for running queries before swapping files anyway
     fsync: bool = True
 
 
