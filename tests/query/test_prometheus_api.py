@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -30,12 +31,17 @@ from typing import Any
 
 import pytest
 from harness import UiServer, post_otlp, start_server, start_ui, wait_for_rows
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as pb
 from otlp_values import kv
 
 from mallard.query import Store
+from mallard.query.metrics import _Explicit
 from mallard.query.prometheus_series import (
+    Histogram,
+    bucket_quantile,
     format_value,
     prometheus_label_name,
     prometheus_metric_name,
@@ -275,6 +281,38 @@ def test_names_and_labels_are_normalised() -> None:
     assert [format_value(v) for v in (1.0, 0.25, 1e-7, 1e21, -0.5, math.inf, -math.inf, math.nan)] == [
         "1", "0.25", "0.0000001", "1000000000000000000000", "-0.5", "+Inf", "-Inf", "NaN"
     ]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=20))
+def test_label_names_are_always_valid(key: str) -> None:
+    assert re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", prometheus_label_name(key))
+    assert re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", prometheus_metric_name(key or "x"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.floats(-100, 100), min_size=1, max_size=6, unique=True),
+    st.data(),
+    st.floats(0, 1),
+)
+def test_whole_histogram_quantile_equals_prometheus_per_le(
+    bounds: list[float], data: st.DataObject, q: float
+) -> None:
+    """Without min/max, a histogram kept whole answers what Prometheus' algorithm answers over its
+    per-le cumulative counts (the two paths of histogram_quantile)."""
+    bounds = sorted(bounds)
+    counts = data.draw(st.lists(st.integers(0, 50), min_size=len(bounds) + 1, max_size=len(bounds) + 1))
+    point = _Explicit(
+        count=sum(counts),
+        sum=None,
+        minimum=None,
+        maximum=None,
+        counts=dict(zip([*bounds, math.inf], counts, strict=True)),
+    )
+    whole = Histogram((point,), per=60.0)
+    per_le = bucket_quantile(q, whole.buckets())
+    assert whole.quantile(q) == pytest.approx(per_le, nan_ok=True)
 
 
 # --- what Grafana sends first: the health check, build info, the metric browser ---------------
