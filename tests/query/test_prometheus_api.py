@@ -8,6 +8,7 @@ service.instance.id=shop-1):
                                           http.route=/b: +60 s 4, +120 s 8
     jobs.done (cumulative monotonic sum, started at T0; restarted at +80 s):
         +15 s 5, +45 s 9, +75 s 14, then +95 s 2, +125 s 7   -> increases 5, 4, 5, 2, 5
+    queue.size (cumulative non-monotonic sum): +30 s 3
     room.temperature (gauge, Cel), room=kitchen: +0 s 20, +30 s 22, +60 s 25, +90 s 24
                                    room=hall:    +0 s 18, +60 s 19
     http.server.duration (cumulative histogram, s, bounds 0.1, 0.5, 1; started at T0), route=/a:
@@ -100,6 +101,10 @@ def metrics_request() -> bytes:
             ],
         ),
     )
+    queue = pb.Metric(
+        name="queue.size",
+        sum=pb.Sum(aggregation_temporality=CUMULATIVE, is_monotonic=False, data_points=[number(30, 3, 0)]),
+    )
     temperature = pb.Metric(
         name="room.temperature",
         unit="Cel",
@@ -153,11 +158,11 @@ def metrics_request() -> bytes:
     message = ExportMetricsServiceRequest()
     resource = message.resource_metrics.add()
     resource.resource.attributes.extend([kv("service.name", "shop"), kv("service.instance.id", "shop-1")])
-    resource.scope_metrics.add().metrics.extend([requests, jobs, temperature, duration, latency])
+    resource.scope_metrics.add().metrics.extend([requests, jobs, queue, temperature, duration, latency])
     return message.SerializeToString()
 
 
-POINTS = 4 + 2 + 5 + 4 + 2 + 3 + 1
+POINTS = 4 + 2 + 5 + 1 + 4 + 2 + 3 + 1
 
 
 @pytest.fixture(scope="module")
@@ -353,6 +358,7 @@ def test_metric_names_as_label_values(ui: UiServer) -> None:
         "http_server_duration_count",
         "http_server_duration_sum",
         "jobs_done",
+        "queue_size",
         "room_temperature",
         "rpc_latency_bucket",
         "rpc_latency_count",
@@ -413,6 +419,7 @@ def test_metadata(ui: UiServer) -> None:
         "http_requests": [{"type": "counter", "help": "requests served", "unit": "1"}],
         "http_server_duration": [{"type": "histogram", "help": "", "unit": "s"}],
         "jobs_done": [{"type": "counter", "help": "", "unit": ""}],
+        "queue_size": [{"type": "gauge", "help": "", "unit": ""}],  # an UpDownCounter
         "room_temperature": [{"type": "gauge", "help": "room temperature", "unit": "Cel"}],
         "rpc_latency": [{"type": "histogram", "help": "", "unit": ""}],
     }

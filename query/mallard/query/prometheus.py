@@ -240,8 +240,10 @@ def metadata(store: Store, params: Params) -> dict[str, list[dict[str, str]]]:
     wanted, per_metric = _one(params, "metric"), _limit(params, "limit_per_metric")
     for info in metric_names(store, start=from_unix_nano(lo), end=from_unix_nano(hi)):
         name = prometheus_metric_name(info.name)
-        kind = "counter" if info.type == "sum" and info.name not in non_monotonic else None
-        kind = kind or _METADATA_TYPES.get(info.type)
+        if info.type == "sum":
+            kind: str | None = "gauge" if info.name in non_monotonic else "counter"
+        else:
+            kind = _METADATA_TYPES.get(info.type)
         if kind is None or (wanted and wanted != name):
             continue
         entry = {"type": kind, "help": info.description, "unit": info.unit}
