@@ -28,6 +28,7 @@ import pytest
 
 from mallard.collector.config import SETTINGS, CollectorConfig, Setting, env_var, flag, parse_size
 from mallard.query.engine import HIVE_COLUMNS, Store
+from mallard.storage.compact import COMPACT_SORT, CompactionSettings, maintain
 from mallard.storage.layout import table_glob
 from mallard.storage.schema import (
     EVENT,
@@ -39,6 +40,7 @@ from mallard.storage.schema import (
     SCHEMAS,
     SPAN_PROMOTED,
     TABLES,
+    TRACES,
 )
 from mallard.storage.writer import SORT_KEYS, ParquetSettings, ParquetSink
 
@@ -128,6 +130,19 @@ def store_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def compacted_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same rows as `store_root`, with every hour compacted (so the `traces` table exists)."""
+    root = tmp_path_factory.mktemp("compacted")
+    sink = ParquetSink(root, settings=ParquetSettings(fsync=False))
+    moment = datetime(2024, 5, 31, 16, 10, tzinfo=UTC)
+    for table in TABLES:
+        rows = pa.Table.from_pylist([{PARTITION_TIME_COLUMN[table]: moment}], schema=SCHEMAS[table])
+        sink.write(table, rows.to_batches(), writer="w0", first_lsn=1, last_lsn=1)
+    maintain(root, settings=CompactionSettings(fsync=False))
+    return root
+
+
 def _duckdb_columns(root: Path, table: str) -> dict[str, str]:
     """Column -> type as DuckDB shows it reading the table's files; list-of-struct fields as `col[].f`."""
     connection = duckdb.connect()
@@ -164,6 +179,40 @@ def _documented_columns(table: str) -> dict[str, str]:
 def test_storage_doc_lists_every_column_with_its_duckdb_type(table: str, store_root: Path) -> None:
     actual = _duckdb_columns(store_root, table)
     documented = _documented_columns(table)
+    _assert_documented(table, actual, documented)
+
+
+@pytest.mark.parametrize("table", [*TABLES, "traces"])
+def test_compacted_files_keep_the_documented_columns_and_types(table: str, compacted_root: Path) -> None:
+    assert all(path.name.startswith("c-") for path in (compacted_root / "v1" / table).rglob("*.parquet"))
+    _assert_documented(table, _duckdb_columns(compacted_root, table), _documented_columns(table))
+
+
+def test_storage_doc_traces_columns_match_the_schema() -> None:
+    assert [name for name in _documented_columns("traces") if name not in ("date", "hour")] == TRACES.names
+
+
+def test_storage_doc_compaction_sort_matches_the_compactor() -> None:
+    rows = _single_table("docs/storage.md", "## Compaction")
+    documented = {_code(row[0]): _BACKTICKED.findall(row[1]) for row in rows}
+    assert documented == {
+        **{table: list(keys) for table, keys in COMPACT_SORT.items()},
+        "traces": ["trace_id"],
+    }
+
+
+def test_storage_doc_compacted_metadata_keys_match_compacted_files(compacted_root: Path) -> None:
+    rows = _tables(_section(_read("docs/storage.md"), "## File format"))[1]
+    documented = {_code(row[0]) for row in rows}
+    for table in (*TABLES, "traces"):
+        for path in (compacted_root / "v1" / table).rglob("*.parquet"):
+            metadata = pq.ParquetFile(path).metadata.metadata
+            written = {key.decode() for key in metadata if key.startswith(b"mallard.")}
+            expected = documented - {"mallard.wal_coverage"} if table == "traces" else documented
+            assert written == expected, path
+
+
+def _assert_documented(table: str, actual: dict[str, str], documented: dict[str, str]) -> None:
     assert sorted(set(actual) - set(documented)) == [], f"## {table}: undocumented columns"
     assert sorted(set(documented) - set(actual)) == [], f"## {table}: documented columns that do not exist"
     wrong = {name: (documented[name], actual[name]) for name in actual if documented[name] != actual[name]}
@@ -209,7 +258,7 @@ def test_storage_doc_partition_and_sort_columns_match_the_writer() -> None:
 
 
 def test_storage_doc_metadata_keys_match_committed_files(store_root: Path) -> None:
-    rows = _single_table("docs/storage.md", "## File format")
+    rows = _tables(_section(_read("docs/storage.md"), "## File format"))[0]
     documented = {_code(row[0]): row[1] for row in rows}
     for table in TABLES:
         for path in (store_root / "v1" / table).rglob("*.parquet"):
