@@ -376,8 +376,8 @@ def test_queries_do_not_fail_when_a_file_vanishes_without_the_lock(root: Path) -
         swaps: list[int] = []
         rng = random.Random(3)
 
-        def shuffle() -> None:  # the file is gone for 2 ms every 20-80 ms
-            while not done.wait(rng.uniform(0.02, 0.08)):
+        def shuffle() -> None:  # the file is gone for 2 ms every 50-150 ms
+            while not done.wait(rng.uniform(0.05, 0.15)):
                 os.replace(victim, moved)
                 done.wait(0.002)
                 os.replace(moved, victim)
@@ -395,8 +395,10 @@ def test_queries_do_not_fail_when_a_file_vanishes_without_the_lock(root: Path) -
         finally:
             done.set()
             shuffler.join()
-    assert len(swaps) > 20
-    assert failures <= 1  # a query fails only when the file is gone at three attempts in a row
+        retries = store.retries
+    assert len(swaps) > 10
+    assert retries > 0  # queries did meet the vanished file...
+    assert failures == 0  # ...and ran again rather than fail
 
 
 def test_mallard_compact_command(root: Path) -> None:

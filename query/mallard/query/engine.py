@@ -46,7 +46,7 @@ from mallard.storage.traces import TRACE_MERGE_SQL, trace_rows_sql
 
 # The hive partition columns and the types they are read as (pinned, not inferred from the paths).
 HIVE_COLUMNS: Final = (("date", "DATE"), ("hour", "BIGINT"))
-VIEWS: Final = (*TABLES, "traces", "trace_rows")
+VIEWS: Final = (*TABLES, "traces", "trace_rows", "trace_index")
 _ATTEMPTS: Final = 3  # a query that finds a file gone is run again, at most this many times in all
 _RETRY_PAUSE_S: Final = 0.05
 
@@ -70,10 +70,18 @@ class Store:
             self._connection.close()
             raise QueryError(str(error)) from error
         self._reader_lock = ReaderLock(self._root)
+        self.retries = 0  # queries run again because a file vanished (see `read_consistently`)
 
     @property
     def root(self) -> Path:
         return self._root
+
+    def open_hours(self) -> tuple[tuple[str, int], ...]:
+        """The (UTC date, hour) partitions of `spans` that hold files not written by compaction, as
+        of the last query: the hours whose `traces` rows are computed from `spans`, not read from
+        the `trace_index` view (the compacted `traces` rows)."""
+        with self._lock:
+            return self._views.open_hours
 
     def sql(self, query: str, params: Sequence[object] | None = None) -> pa.Table:
         """Runs `query` (several `;`-separated statements: the last one's result) and returns its rows.
@@ -92,9 +100,12 @@ class Store:
 
         with self._lock:
             try:
-                return read_consistently(self._reader_lock, attempt)
+                return read_consistently(self._reader_lock, attempt, self._count_retry)
             except duckdb.Error as error:
                 raise QueryError(str(error)) from error
+
+    def _count_retry(self) -> None:
+        self.retries += 1
 
     def close(self) -> None:
         with self._lock:
@@ -129,6 +140,7 @@ class TableViews:
         self._empty = {table: _empty_select(connection, table) for table in (*TABLES, "traces")}
         self._open_hours = _OpenHours(table_dir(root, "spans"))
         self._traces_key: tuple[object, ...] | None = None
+        self.open_hours: tuple[tuple[str, int], ...] = ()
 
     def refresh(self) -> None:
         for table in TABLES:
@@ -146,16 +158,19 @@ class TableViews:
         has_rows = _has_files(table_dir(self._root, "traces"))
         open_hours = self._open_hours.list() if self._has_files["spans"] else ()
         key = (has_rows, open_hours)
+        self.open_hours = open_hours
         if key == self._traces_key:
             return
         hours = " OR ".join(f"(date = DATE '{date}' AND hour = {hour})" for date, hour in open_hours)
-        source = self._empty["traces"]
+        source = index = self._empty["traces"]
         if has_rows:
             built = f"SELECT * FROM ({_parquet_select(self._root, 'traces')})"
+            index += f" UNION ALL BY NAME {built}"
             source += f" UNION ALL BY NAME {built}" + (f" WHERE NOT ({hours})" if hours else "")
         if hours:
             live = trace_rows_sql(f"(SELECT * FROM spans WHERE {hours})", extra_keys=("date", "hour"))
             source += f" UNION ALL BY NAME SELECT * FROM ({live})"
+        self._connection.execute(f"CREATE OR REPLACE VIEW trace_index AS {index}")
         self._connection.execute(f"CREATE OR REPLACE VIEW trace_rows AS {source}")
         self._connection.execute(f"CREATE OR REPLACE VIEW traces AS {TRACE_MERGE_SQL}")
         self._traces_key = key
@@ -207,9 +222,11 @@ def _is_open(hour_entry: os.DirEntry[str]) -> bool:
         return False
 
 
-def read_consistently(lock: ReaderLock, attempt: Callable[[], T]) -> T:
+def read_consistently(
+    lock: ReaderLock, attempt: Callable[[], T], on_retry: Callable[[], None] | None = None
+) -> T:
     """`attempt()` under the readers' lock, run again (at most `_ATTEMPTS` times in all) when a file
-    it listed was gone by the time it opened it."""
+    it listed was gone by the time it opened it; `on_retry` is called before each new attempt."""
     for number in range(1, _ATTEMPTS + 1):
         with lock.shared():
             try:
@@ -217,6 +234,8 @@ def read_consistently(lock: ReaderLock, attempt: Callable[[], T]) -> T:
             except duckdb.IOException as error:
                 if number == _ATTEMPTS or not _vanished(error):
                     raise
+        if on_retry is not None:
+            on_retry()
         time.sleep(_RETRY_PAUSE_S * number)
     raise AssertionError("unreachable")
 

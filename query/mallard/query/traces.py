@@ -131,7 +131,8 @@ def get_trace(
     """All spans of `trace_id` (32 hex digits, any case), or None when the store has none.
 
     `start`/`end`, when both given, limit the read to the spans starting in that range (the UI knows
-    the range a trace was found in); otherwise every partition is read.
+    the range a trace was found in). Otherwise only the hours that hold the trace are read: those the
+    compacted `traces` rows name (`trace_index`), and the hours not compacted yet.
     """
     trace_id = _trace_id(trace_id)
     where = "trace_id = ?"
@@ -140,6 +141,15 @@ def get_trace(
         if start is None or end is None:
             raise InvalidArgument("give both start and end, or neither")
         where += " AND " + _range_predicate(time_range(start, end), params)
+    else:
+        indexed = _sql(store, "SELECT DISTINCT date, hour FROM trace_index WHERE trace_id = ?", [trace_id])
+        hours = {(str(date), hour) for date, hour in zip(*indexed.to_pydict().values(), strict=True)}
+        hours.update(store.open_hours())
+        if not hours:
+            return None
+        where += " AND (" + " OR ".join("(date = CAST(? AS DATE) AND hour = ?)" for _ in hours) + ")"
+        for date, hour in sorted(hours):
+            params.extend((date, hour))
     rows = _sql(
         store,
         "SELECT trace_id, span_id, parent_span_id, name, kind, service_name, start_time_unix_nano,"
