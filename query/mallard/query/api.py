@@ -15,7 +15,7 @@ turn the frozen dataclasses into pydantic models (pydantic lives only here, at t
 | `GET /api/v1/logs` | log records matching the filters, newest first |
 | `POST /api/v1/sql` | one read-only `SELECT` through the sandbox |
 | `/api/services`, `/api/traces`, … | the Jaeger query API for Grafana (`mallard.query.jaeger`) |
-| `/api/v1/query`, `/api/v1/query_range`, `/api/v1/labels`, … | the Prometheus HTTP API subset (`mallard.query.prometheus`, docs/prometheus.md) |
+| `/api/v1/query`, `/api/v1/query_range`, … | the Prometheus HTTP API subset (`mallard.query.prometheus`) |
 | `GET /healthz` | `{"status": "ok"}`, never behind the token |
 
 Errors are JSON `{"detail": "<message>"}`, one row per cause:

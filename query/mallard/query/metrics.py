@@ -128,8 +128,7 @@ def metric_series(
     if metric_type in ("gauge", "sum") and agg in VALUE_AGGREGATIONS:
         return _value_series(store, query, agg)
     if metric_type == "sum" and agg in ("rate", "increase"):
-        increases = _increases(store, query, _SUM_COLUMNS, _counter_point)
-        return _series(query, increases, lambda points: _per_step(agg, math.fsum(points), step_ns))
+        return _counter_series(store, query, agg)
     if metric_type == "histogram" and agg in HISTOGRAM_AGGREGATIONS:
         increases = _increases(store, query, _EXPLICIT_COLUMNS, _explicit_point)
         return _series(
@@ -251,6 +250,47 @@ def _finish(query: _Query, grouped: Mapping[tuple[str, ...], list[tuple[int, flo
     ]
 
 
+# Counter increases per series, in DuckDB (the same rules as `_series_increases`)
+
+
+def _counter_series(store: Store, query: _Query, agg: str) -> list[Series]:
+    lookback = TimeRange(start=query.time.start - timedelta(seconds=LOOKBACK_S), end=query.time.end)
+    params: list[object] = []
+    labels = query.labels(params)
+    where = query.where(lookback, params)
+    first_ns = query.time.start_unix_nano
+    params.extend((first_ns, first_ns, first_ns, query.step_ns))
+    sql = f"""
+        WITH points AS (
+            SELECT hash(service_name, scope_name, scope_version, resource_attributes, attributes,
+                    temporality, explicit_bounds) AS series,
+                {labels} AS labels, temporality = 'delta' AS is_delta,
+                coalesce(is_monotonic, true) AS monotonic, start_time_unix_nano AS start_ns,
+                time_unix_nano AS time_ns, value
+            FROM metrics WHERE {where} AND value IS NOT NULL
+        ),
+        paired AS (
+            SELECT *, lag(value) OVER w AS previous, lag(start_ns) OVER w AS previous_start
+            FROM points WINDOW w AS (PARTITION BY series ORDER BY time_ns)
+        ),
+        increases AS (
+            SELECT labels, time_ns, CASE
+                WHEN is_delta THEN value
+                WHEN previous IS NULL THEN CASE WHEN start_ns <> 0 AND start_ns >= ? THEN value END
+                WHEN start_ns <> previous_start OR (monotonic AND value < previous) THEN value
+                ELSE value - previous
+            END AS increase
+            FROM paired WHERE time_ns >= ?
+        )
+        SELECT labels, (time_ns - ?) // ? AS step, fsum(increase) AS increase
+        FROM increases WHERE increase IS NOT NULL GROUP BY ALL ORDER BY labels, step
+    """
+    grouped: dict[tuple[str, ...], list[tuple[int, float]]] = defaultdict(list)
+    for row in store.sql(sql, params).to_pylist():
+        grouped[tuple(row["labels"])].append((row["step"], _per_step(agg, row["increase"], query.step_ns)))
+    return _finish(query, grouped)
+
+
 # Increases per series, in Python
 
 
@@ -261,7 +301,6 @@ class _Point:
     value: Any  # float, _Explicit or _Exponential
 
 
-_SUM_COLUMNS: Final = "value"
 _EXPLICIT_COLUMNS: Final = "count, sum, min, max, bucket_counts, explicit_bounds"
 _EXPONENTIAL_COLUMNS: Final = (
     "count, sum, min, max, scale, zero_count, zero_threshold,"
