@@ -455,3 +455,37 @@ def test_mallard_serve_compacts_closed_hours_while_it_ingests(tmp_path: Path) ->
         assert rows == [{"root_operation": "op0", "span_count": 10, "services": ["checkout"]}] * 4
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("compacted", [False, True])
+def test_search_finds_the_traces_with_the_newest_matching_spans(root: Path, compacted: bool) -> None:
+    """Search reads the range backwards in growing windows; the answer is the same as reading it all."""
+    writer = Writer(root)
+    base = _ns(NOW.replace(hour=0, minute=0))
+    rng = random.Random(11)
+    expected_first: dict[str, int] = {}
+    for trace in range(1, 60):
+        hour = rng.randrange(12)
+        start = base + hour * HOUR_NS + rng.randrange(HOUR_NS // 2)
+        matching = trace % 3 == 0
+        rows = [_span(trace, trace * 10, start, service="edge")]
+        # the matching child comes up to 3 hours after the root
+        child_start = start + rng.randrange(3 * HOUR_NS) if matching else start + 5
+        rows.append(
+            _span(trace, trace * 10 + 1, child_start, parent=trace * 10, service="pay" if matching else "db")
+        )
+        for row in rows:
+            writer.write("spans", [row])
+        if matching and child_start < _ns(NOW):
+            expected_first[f"{trace:032x}"] = child_start
+    if compacted:
+        maintain(root, now=NOW, settings=CompactionSettings(fsync=False))
+    newest = sorted(expected_first, key=lambda trace_id: -expected_first[trace_id])
+    with Store(root) as store:
+        for limit in (1, 3, 7, 50):
+            found = search_traces(store, start=NOW - timedelta(hours=13), end=NOW, service="pay", limit=limit)
+            chosen = set(newest[:limit])
+            assert {summary.trace_id for summary in found} == chosen
+            starts = [summary.start_time_unix_nano for summary in found]
+            assert starts == sorted(starts, reverse=True)
+            assert all(summary.span_count == 2 and summary.root_service == "edge" for summary in found)

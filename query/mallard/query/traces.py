@@ -18,9 +18,9 @@ Definitions:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 import pyarrow as pa
@@ -188,15 +188,17 @@ def search_traces(
     attributes: Mapping[str, str] | None = None,
     limit: int = 20,
 ) -> list[TraceSummary]:
-    """Traces with at least one span in `[start, end)` that matches every given filter, newest first.
+    """The `limit` traces with the newest spans in `[start, end)` that match every given filter,
+    newest first.
 
     The filters apply to one span together (`service` and `operation` on the same span); durations are
     inclusive bounds in nanoseconds; `status` is `ok`, `error` or `unset`; `attributes` match span
-    attributes by their stored text (`{"http.status_code": "500"}`). Traces are ranked by their
-    earliest span in the range; each summary covers all spans of the trace, in the range or not.
+    attributes by their stored text (`{"http.status_code": "500"}`). Traces are chosen by their
+    earliest matching span, newest first, reading the range from its end backwards in windows of 1,
+    2, 4, … hours and stopping once `limit` traces are found; each summary covers all spans of the
+    trace (from the `traces` view), in the range or not, and the list is ordered by trace start.
     """
-    range_params: list[object] = []
-    in_range = _range_predicate(time_range(start, end), range_params)
+    time = time_range(start, end)
     terms, term_params = _span_terms(
         service=service,
         operation=operation,
@@ -207,41 +209,59 @@ def search_traces(
     )
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_SEARCH_LIMIT:
         raise InvalidArgument(f"limit must be between 1 and {MAX_SEARCH_LIMIT}, got {limit!r}")
-    span_filter = " AND ".join([in_range, *terms])
-    query = f"""
-        WITH matched AS (SELECT DISTINCT trace_id FROM spans WHERE {span_filter}),
-        chosen AS (
-            SELECT trace_id, min(start_time_unix_nano) AS first_start FROM spans
-            WHERE {in_range} AND trace_id IN (SELECT trace_id FROM matched)
-            GROUP BY trace_id ORDER BY first_start DESC, trace_id LIMIT ?
-        )
-        SELECT trace_id,
-            arg_min(service_name, (parent_span_id <> '', start_time_unix_nano, span_id)) AS root_service,
-            arg_min(name, (parent_span_id <> '', start_time_unix_nano, span_id)) AS root_operation,
-            min(start_time_unix_nano) AS start_ns,
-            max(end_time_unix_nano) - min(start_time_unix_nano) AS duration_ns,
-            count(*) AS span_count,
-            count(*) FILTER (WHERE status_code = 'ERROR') AS error_count,
-            list_sort(list_distinct(list(service_name))) AS services
-        FROM spans WHERE trace_id IN (SELECT trace_id FROM chosen)
-        GROUP BY trace_id ORDER BY start_ns DESC, trace_id
-    """
-    params = [*range_params, *term_params, *range_params, limit]  # `in_range` is used twice
-    rows = _sql(store, query, params).to_pylist()
+    found: dict[str, int] = {}  # trace id -> its earliest matching span in the windows read
+    for window in _windows_newest_first(time):
+        params: list[object] = []
+        span_filter = " AND ".join([_range_predicate(window, params), *terms])
+        rows = _sql(
+            store,
+            f"SELECT trace_id, min(start_time_unix_nano) AS first FROM spans WHERE {span_filter}"
+            " GROUP BY trace_id ORDER BY first DESC, trace_id LIMIT ?",
+            [*params, *term_params, limit],
+        ).to_pydict()
+        for trace_id, first in zip(rows["trace_id"], rows["first"], strict=True):
+            found.setdefault(trace_id, first)
+        # Every trace not found yet matches only before this window: later windows cannot beat these.
+        if len(found) >= limit:
+            break
+    chosen = sorted(found, key=lambda trace_id: (-found[trace_id], trace_id))[:limit]
+    if not chosen:
+        return []
+    rows = _sql(
+        store,
+        "SELECT trace_id, root_service, root_operation, start_time_unix_nano, duration, span_count,"
+        " error_count, services FROM traces WHERE trace_id IN (SELECT unnest(?))"
+        " ORDER BY start_time_unix_nano DESC, trace_id",
+        [chosen],
+    ).to_pylist()
     return [
         TraceSummary(
             trace_id=row["trace_id"],
             root_service=row["root_service"],
             root_operation=row["root_operation"],
-            start_time=from_unix_nano(row["start_ns"]),
-            start_time_unix_nano=row["start_ns"],
-            duration_ns=row["duration_ns"],
+            start_time=from_unix_nano(row["start_time_unix_nano"]),
+            start_time_unix_nano=row["start_time_unix_nano"],
+            duration_ns=row["duration"],
             span_count=row["span_count"],
             error_count=row["error_count"],
             services=tuple(row["services"]),
         )
         for row in rows
     ]
+
+
+def _windows_newest_first(time: TimeRange) -> Iterator[TimeRange]:
+    """`time` cut at whole UTC hours into windows of 1, 2, 4, … hours, from its end backwards."""
+    end = time.end
+    hours = 1
+    while end > time.start:
+        aligned = end.replace(minute=0, second=0, microsecond=0)
+        if aligned == end:
+            aligned -= timedelta(hours=1)
+        window_start = max(time.start, aligned - timedelta(hours=hours - 1))
+        yield TimeRange(start=window_start, end=end)
+        end = window_start
+        hours *= 2
 
 
 def services(store: Store, *, start: datetime, end: datetime) -> list[ServiceStats]:
