@@ -195,6 +195,7 @@ def _connect(root: Path, settings: CompactionSettings) -> duckdb.DuckDBPyConnect
     connection.execute(f"SET memory_limit = {_literal(settings.memory_limit)}")
     connection.execute(f"SET temp_directory = {_literal(str(spill))}")
     connection.execute("SET preserve_insertion_order = true")
+    connection.execute("SET enable_progress_bar = false")
     if settings.threads > 0:
         connection.execute(f"SET threads = {int(settings.threads)}")
     return connection
