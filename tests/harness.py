@@ -58,7 +58,8 @@ class MallardServer:
 def start_server(
     data: Path, *extra: str, env: dict[str, str] | None = None, timeout: float = 60
 ) -> MallardServer:
-    """Starts `mallard serve` on free ports (the HTTP API's too) and waits for its ready line."""
+    """Starts `mallard serve` on free ports (the HTTP API's too), without periodic store maintenance
+    unless `extra` asks for it, and waits for its ready line."""
     command = [
         sys.executable,
         "-m",
@@ -71,6 +72,8 @@ def start_server(
         "--http-port",
         "0",
         "--ui-port",
+        "0",
+        "--compact-interval",  # store maintenance only where a test asks for it (a later flag wins)
         "0",
         *extra,
     ]

@@ -345,14 +345,16 @@ def test_kill_9_of_the_supervisor_ends_its_workers_and_loses_nothing(tmp_path: P
     servers: list[MallardServer] = []
     workers: list[int] = []
     try:
-        servers.append(start_server(data, "--workers", "2", *flush_settings(rng)))
+        servers.append(
+            start_server(data, "--workers", "2", "--compact-interval", "3600", *flush_settings(rng))
+        )
         generation = target.set(servers[-1])
         for client in clients:
             client.start()
         for _ in range(2):
             ledger.wait_for_acks(generation, 2)
             workers = worker_pids(servers[-1].process.pid)
-            assert len(workers) == 3, workers  # two collector workers and the HTTP API
+            assert len(workers) == 4, workers  # two collector workers, the HTTP API, store maintenance
             time.sleep(rng.uniform(0.05, 1.0))
             target.set(None)
             servers[-1].kill()
@@ -360,7 +362,9 @@ def test_kill_9_of_the_supervisor_ends_its_workers_and_loses_nothing(tmp_path: P
             while any(map(running, workers)):
                 assert time.monotonic() < deadline, "workers still serve after their supervisor was killed"
                 time.sleep(0.05)
-            servers.append(start_server(data, "--workers", "2", *flush_settings(rng)))
+            servers.append(
+                start_server(data, "--workers", "2", "--compact-interval", "3600", *flush_settings(rng))
+            )
             generation = target.set(servers[-1])
         ledger.wait_for_acks(generation, 20)
         target.set(None)
@@ -439,8 +443,8 @@ def assert_wal_truncated(data: Path, writer: str, *, busy: bool) -> None:
 
 
 def worker_pids(supervisor: int) -> list[int]:
-    """The multiprocessing children a `mallard serve --workers N` process has started (the N workers
-    and the HTTP API)."""
+    """The multiprocessing children a `mallard serve --workers N` process has started (the N workers,
+    the HTTP API and store maintenance)."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:

@@ -185,11 +185,11 @@ def _compact(run: _Run) -> None:
                 _compact_partition(run, connection, partition, directory)
     finally:
         connection.close()
+        shutil.rmtree(tmp_dir(run.root) / f"{_STAGING_PREFIX}spill", ignore_errors=True)
 
 
 def _connect(root: Path, settings: CompactionSettings) -> duckdb.DuckDBPyConnection:
-    spill = tmp_dir(root) / f"{_STAGING_PREFIX}spill"
-    spill.mkdir(parents=True, exist_ok=True)
+    spill = tmp_dir(root) / f"{_STAGING_PREFIX}spill"  # created by DuckDB only when a sort spills
     connection = duckdb.connect(":memory:")
     connection.execute("SET TimeZone = 'UTC'")
     connection.execute(f"SET memory_limit = {_literal(settings.memory_limit)}")
