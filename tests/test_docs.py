@@ -28,7 +28,7 @@ import pytest
 
 from mallard.collector.config import SETTINGS, CollectorConfig, Setting, env_var, flag, parse_size
 from mallard.query.engine import HIVE_COLUMNS, Store
-from mallard.storage.compact import COMPACT_SORT, CompactionSettings, maintain
+from mallard.storage.compact import COMPACT_SORT, ROW_GROUP_ROWS, CompactionSettings, maintain
 from mallard.storage.layout import table_glob
 from mallard.storage.schema import (
     EVENT,
@@ -199,6 +199,7 @@ def test_storage_doc_compaction_sort_matches_the_compactor() -> None:
         **{table: list(keys) for table, keys in COMPACT_SORT.items()},
         "traces": ["trace_id"],
     }
+    assert {_code(row[0]): int(row[2].replace(",", "")) for row in rows} == ROW_GROUP_ROWS
 
 
 def test_storage_doc_compacted_metadata_keys_match_compacted_files(compacted_root: Path) -> None:

@@ -146,7 +146,7 @@ def test_traces_view_is_the_same_before_and_after_compaction(root: Path) -> None
     assert three["input_tokens"] is None
 
 
-def test_compacted_files_are_sorted_by_time_then_trace_and_record_their_wal_ranges(root: Path) -> None:
+def test_compacted_files_are_sorted_by_trace_then_time_and_record_their_wal_ranges(root: Path) -> None:
     writer = Writer(root)
     base = _ns(NOW.replace(hour=9, minute=0))
     rng = random.Random(7)
@@ -161,7 +161,7 @@ def test_compacted_files_are_sorted_by_time_then_trace_and_record_their_wal_rang
     maintain(root, now=NOW, settings=CompactionSettings(fsync=False))
     (compacted,) = (root / "v1" / "spans").rglob("c-*.parquet")
     table = pq.read_table(compacted, columns=["start_time_unix_nano", "trace_id"]).to_pylist()
-    assert table == sorted(table, key=lambda row: (row["start_time_unix_nano"], row["trace_id"]))
+    assert table == sorted(table, key=lambda row: (row["trace_id"], row["start_time_unix_nano"]))
     assert json.loads(pq.read_metadata(compacted).metadata[b"mallard.wal_coverage"]) == {"w0": [[1, 5]]}
     assert [(writer_, first, last) for _, writer_, first, last in committed_ranges(root, "spans")] == [
         ("w0", 1, 5)

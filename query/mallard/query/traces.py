@@ -33,6 +33,7 @@ from mallard.query.timerange import (
     partition_predicate,
     time_range,
 )
+from mallard.storage.traces import trace_merge_sql
 
 TRACE_ID: Final = re.compile(r"[0-9a-fA-F]{32}")
 STATUSES: Final = ("ok", "error", "unset")
@@ -227,12 +228,12 @@ def search_traces(
     chosen = sorted(found, key=lambda trace_id: (-found[trace_id], trace_id))[:limit]
     if not chosen:
         return []
+    merged = trace_merge_sql("trace_id IN (" + ", ".join("?" for _ in chosen) + ")")
     rows = _sql(
         store,
         "SELECT trace_id, root_service, root_operation, start_time_unix_nano, duration, span_count,"
-        " error_count, services FROM traces WHERE trace_id IN (SELECT unnest(?))"
-        " ORDER BY start_time_unix_nano DESC, trace_id",
-        [chosen],
+        f" error_count, services FROM ({merged}) ORDER BY start_time_unix_nano DESC, trace_id",
+        chosen,
     ).to_pylist()
     return [
         TraceSummary(

@@ -68,12 +68,21 @@ from mallard.storage.traces import trace_rows_sql
 
 logger = logging.getLogger(__name__)
 
-# Row order of compacted files: time first (time ranges prune row groups within an hour), then what
-# the usual lookups filter on.
+# Row order and row-group size of compacted files. The hour partitions already prune time to the
+# hour; within one, spans are ordered by trace so that a trace lookup reads one small row group per
+# hour (its min/max trace id), metrics by name so that one metric's points are read alone, logs by
+# time. `traces` rows are ordered by trace id (`trace_rows_sql`) in small row groups for the same
+# reason.
 COMPACT_SORT: Final[dict[str, tuple[str, ...]]] = {
-    "spans": ("start_time_unix_nano", "trace_id"),
+    "spans": ("trace_id", "start_time_unix_nano"),
     "metrics": ("metric_name", "service_name", "time_unix_nano"),
     "logs": ("time_unix_nano", "service_name"),
+}
+ROW_GROUP_ROWS: Final[dict[str, int]] = {
+    "spans": 32_768,
+    "metrics": 122_880,
+    "logs": 122_880,
+    "traces": 16_384,
 }
 _STAGING_PREFIX: Final = "compact-"
 
@@ -86,7 +95,6 @@ class MaintenanceBusy(StorageError):
 class CompactionSettings:
     settle_s: float = 300.0  # an hour is closed once its end is this many seconds in the past
     file_bytes: int = 512 << 20  # a compacted file is closed after about this many bytes
-    row_group_rows: int = 122_880
     memory_limit: str = "1GB"  # DuckDB spills the sort to <root>/tmp/ beyond this
     threads: int = 0  # DuckDB threads; 0: one per core
     grace_s: float = 600.0  # how long replaced and dropped files stay in the trash
@@ -281,7 +289,7 @@ def _merge(
     }
     order = ", ".join(COMPACT_SORT[table])
     query = f"SELECT * FROM {_read(files)} ORDER BY {order}"
-    rows = _copy(connection, query, out, settings, metadata)
+    rows = _copy(connection, query, out, settings, metadata, row_group_rows=ROW_GROUP_ROWS[table])
     return _produced(out), rows
 
 
@@ -292,7 +300,14 @@ def _build_traces(
     settings: CompactionSettings,
 ) -> tuple[list[Path], int]:
     metadata = {"mallard.schema_version": str(SCHEMA_VERSION), "mallard.compacted": "true"}
-    rows = _copy(connection, trace_rows_sql(_read(spans)), out, settings, metadata)
+    rows = _copy(
+        connection,
+        trace_rows_sql(_read(spans)),
+        out,
+        settings,
+        metadata,
+        row_group_rows=ROW_GROUP_ROWS["traces"],
+    )
     return _produced(out), rows
 
 
@@ -307,11 +322,13 @@ def _copy(
     out: Path,
     settings: CompactionSettings,
     metadata: Mapping[str, str],
+    *,
+    row_group_rows: int,
 ) -> int:
     kv = ", ".join(f"{_literal(key)}: {_literal(value)}" for key, value in metadata.items())
     statement = (
         f"COPY ({query}) TO {_literal(str(out))} (FORMAT parquet, COMPRESSION zstd, "
-        f"COMPRESSION_LEVEL 3, ROW_GROUP_SIZE {int(settings.row_group_rows)}, "
+        f"COMPRESSION_LEVEL 3, ROW_GROUP_SIZE {int(row_group_rows)}, "
         f"FILE_SIZE_BYTES {int(settings.file_bytes)}, KV_METADATA {{{kv}}})"
     )
     try:

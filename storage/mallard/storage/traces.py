@@ -39,8 +39,13 @@ def trace_rows_sql(spans: str, *, extra_keys: tuple[str, ...] = ()) -> str:
 
 _MERGED_ROOT: Final = "(NOT has_root, root_start_time_unix_nano, root_span_id)"
 
-# The `traces` view over the rows of the table (`trace_rows`): one row per trace.
-TRACE_MERGE_SQL: Final = f"""
+
+def trace_merge_sql(where: str = "") -> str:
+    """One row per trace from the rows of the `traces` table (the relation `trace_rows`), of the
+    traces `where` (a condition on `trace_rows`, e.g. `trace_id IN (...)`) selects; all when empty.
+    Filtering here, before the rows are merged, lets DuckDB prune files and row groups by trace id."""
+    condition = f"WHERE {where}" if where else ""
+    return f"""
     SELECT trace_id,
         arg_min(root_service, {_MERGED_ROOT}) AS root_service,
         arg_min(root_operation, {_MERGED_ROOT}) AS root_operation,
@@ -55,6 +60,10 @@ TRACE_MERGE_SQL: Final = f"""
         list_sort(list_distinct(flatten(list(services)))) AS services,
         CAST(sum(input_tokens) AS BIGINT) AS input_tokens,
         CAST(sum(output_tokens) AS BIGINT) AS output_tokens
-    FROM trace_rows
+    FROM trace_rows {condition}
     GROUP BY trace_id
 """
+
+
+# The `traces` view: one row per trace.
+TRACE_MERGE_SQL: Final = trace_merge_sql()
