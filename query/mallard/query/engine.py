@@ -136,6 +136,9 @@ class TableViews:
     def __init__(self, connection: duckdb.DuckDBPyConnection, root: Path) -> None:
         self._connection = connection
         self._root = root
+        # Parquet footers are read once per file and kept: committed files never change (a file
+        # replaced by compaction has a new name), and a lookup then costs no footer reads.
+        connection.execute("SET parquet_metadata_cache = true")
         self._has_files: dict[str, bool] = {}
         self._empty = {table: _empty_select(connection, table) for table in (*TABLES, "traces")}
         self._open_hours = _OpenHours(table_dir(root, "spans"))

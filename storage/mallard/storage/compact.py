@@ -79,7 +79,7 @@ COMPACT_SORT: Final[dict[str, tuple[str, ...]]] = {
     "logs": ("time_unix_nano", "service_name"),
 }
 ROW_GROUP_ROWS: Final[dict[str, int]] = {
-    "spans": 32_768,
+    "spans": 8_192,
     "metrics": 122_880,
     "logs": 122_880,
     "traces": 16_384,
