@@ -22,7 +22,7 @@ from harness import post_otlp, run_cli, start_server, wait_for_rows
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from otlp_values import kv
 
-from mallard.query import QueryError, Store, get_trace, search_traces
+from mallard.query import QueryError, Store, get_trace, metric_series, search_traces
 from mallard.storage.compact import CompactionSettings, maintain
 from mallard.storage.layout import committed_ranges, journal_dir, tmp_dir, trash_dir
 from mallard.storage.schema import SCHEMAS
@@ -489,3 +489,54 @@ def test_search_finds_the_traces_with_the_newest_matching_spans(root: Path, comp
             starts = [summary.start_time_unix_nano for summary in found]
             assert starts == sorted(starts, reverse=True)
             assert all(summary.span_count == 2 and summary.root_service == "edge" for summary in found)
+
+
+def test_counter_series_are_the_same_after_compaction(root: Path) -> None:
+    """Compacted metrics carry a series id; rate and increase read it instead of hashing the maps."""
+    writer = Writer(root)
+    start = _ns(NOW.replace(hour=8, minute=0))
+    rows = []
+    for host, restart_at in (("a", 7), ("b", None)):
+        value, started = 0.0, start
+        for k in range(16):  # one point every 15 minutes from 08:00 to 11:45; host a restarts
+            time_ns = start + k * 15 * 60 * 10**9
+            if k == restart_at:
+                value, started = 0.0, time_ns - 10**9
+            value += 10 + k
+            rows.append(
+                {
+                    "metric_name": "requests",
+                    "metric_type": "sum",
+                    "service_name": "shop",
+                    "time": EPOCH + timedelta(microseconds=time_ns // 1000),
+                    "time_unix_nano": time_ns,
+                    "start_time_unix_nano": started,
+                    "temporality": "cumulative",
+                    "is_monotonic": True,
+                    "value": value,
+                    "flags": 0,
+                    "attributes": [("host", host)],
+                    "resource_attributes": [("service.name", "shop")],
+                }
+            )
+    for chunk in range(0, len(rows), 5):
+        writer.write("metrics", rows[chunk : chunk + 5])
+    window = {"start": NOW.replace(hour=8, minute=0), "end": NOW.replace(hour=12, minute=0), "step_s": 3600}
+    with Store(root) as store:
+        before = {
+            (agg, keys): metric_series(store, "requests", agg=agg, group_by=keys, **window)
+            for agg in ("rate", "increase")
+            for keys in ((), ("host",))
+        }
+        maintain(root, now=NOW, settings=CompactionSettings(fsync=False))
+        assert all(name.startswith("c-") for name in _files(root, "metrics"))
+        assert store.sql("SELECT count(DISTINCT series_id) AS n FROM metrics").column(0).to_pylist() == [2]
+        for (agg, keys), series in before.items():
+            assert metric_series(store, "requests", agg=agg, group_by=keys, **window) == series
+    (total,) = before["increase", ()]
+    assert [value for _, value in total.points] == [
+        2 * (10 + 11 + 12 + 13),  # the counters started at 08:00: their first value counts
+        2 * (14 + 15 + 16 + 17),  # host a restarted at k=7: its 17 counts from zero, not 17 - 91
+        2 * (18 + 19 + 20 + 21),
+        2 * (22 + 23 + 24 + 25),
+    ]

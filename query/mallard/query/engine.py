@@ -41,7 +41,7 @@ import pyarrow as pa
 from mallard.query.errors import QueryError
 from mallard.storage.layout import COMPACTED_PREFIX, Partition, table_dir, table_glob
 from mallard.storage.lock import ReaderLock
-from mallard.storage.schema import ALL_SCHEMAS, TABLES
+from mallard.storage.schema import ALL_SCHEMAS, COMPACTED_COLUMNS, TABLES
 from mallard.storage.traces import TRACE_MERGE_SQL, trace_rows_sql
 
 # The hive partition columns and the types they are read as (pinned, not inferred from the paths).
@@ -76,12 +76,13 @@ class Store:
     def root(self) -> Path:
         return self._root
 
-    def open_hours(self) -> tuple[tuple[str, int], ...]:
-        """The (UTC date, hour) partitions of `spans` that hold files not written by compaction, as
-        of the last query: the hours whose `traces` rows are computed from `spans`, not read from
-        the `trace_index` view (the compacted `traces` rows)."""
+    def open_hours(self, table: str = "spans") -> tuple[tuple[str, int], ...]:
+        """The (UTC date, hour) partitions of `table` (`spans` or `metrics`) that hold files not
+        written by compaction, as of the last query. For `spans`, the hours whose `traces` rows are
+        computed from `spans`, not read from the `trace_index` view (the compacted `traces` rows);
+        for `metrics`, the hours whose rows have no `series_id`."""
         with self._lock:
-            return self._views.open_hours
+            return self._views.open_hours[table]
 
     def sql(self, query: str, params: Sequence[object] | None = None) -> pa.Table:
         """Runs `query` (several `;`-separated statements: the last one's result) and returns its rows.
@@ -141,9 +142,9 @@ class TableViews:
         connection.execute("SET parquet_metadata_cache = true")
         self._has_files: dict[str, bool] = {}
         self._empty = {table: _empty_select(connection, table) for table in (*TABLES, "traces")}
-        self._open_hours = _OpenHours(table_dir(root, "spans"))
+        self._open_hours = {table: _OpenHours(table_dir(root, table)) for table in ("spans", "metrics")}
         self._traces_key: tuple[object, ...] | None = None
-        self.open_hours: tuple[tuple[str, int], ...] = ()
+        self.open_hours: dict[str, tuple[tuple[str, int], ...]] = {"spans": (), "metrics": ()}
 
     def refresh(self) -> None:
         for table in TABLES:
@@ -159,9 +160,10 @@ class TableViews:
 
     def _refresh_traces(self) -> None:
         has_rows = _has_files(table_dir(self._root, "traces"))
-        open_hours = self._open_hours.list() if self._has_files["spans"] else ()
+        open_hours = self._open_hours["spans"].list() if self._has_files["spans"] else ()
         key = (has_rows, open_hours)
-        self.open_hours = open_hours
+        self.open_hours["spans"] = open_hours
+        self.open_hours["metrics"] = self._open_hours["metrics"].list() if self._has_files["metrics"] else ()
         if key == self._traces_key:
             return
         hours = " OR ".join(f"(date = DATE '{date}' AND hour = {hour})" for date, hour in open_hours)
@@ -263,7 +265,10 @@ def _parquet_select(root: Path, table: str) -> str:
 
 def _empty_select(connection: duckdb.DuckDBPyConnection, table: str) -> str:
     """A `SELECT` of no rows with the columns and DuckDB types the table has once files exist."""
-    relation = connection.from_arrow(ALL_SCHEMAS[table].empty_table())
+    schema = ALL_SCHEMAS[table]
+    for name, (data_type, _) in COMPACTED_COLUMNS.get(table, {}).items():
+        schema = schema.append(pa.field(name, data_type))
+    relation = connection.from_arrow(schema.empty_table())
     columns = [
         (name, str(sql_type)) for name, sql_type in zip(relation.columns, relation.dtypes, strict=True)
     ]

@@ -48,6 +48,7 @@ from mallard.query.timerange import (
     partition_predicate,
     time_range,
 )
+from mallard.storage.schema import SERIES_ID_SQL
 
 QUANTILES: Final = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
 AGGREGATIONS: Final = ("avg", "sum", "min", "max", "count", "rate", "increase", *QUANTILES)
@@ -262,19 +263,26 @@ def _finish(query: _Query, grouped: Mapping[tuple[str, ...], list[tuple[int, flo
 
 def _counter_series(store: Store, query: _Query, agg: str) -> list[Series]:
     lookback = TimeRange(start=query.time.start - timedelta(seconds=LOOKBACK_S), end=query.time.end)
-    params: list[object] = []
-    labels = query.labels(params)
-    where = query.where(lookback, params)
+    selection: list[object] = []  # the parameters of one branch of `points`
+    labels = query.labels(selection)
+    where = query.where(lookback, selection)
     first_ns = query.time.start_unix_nano
-    params.extend((first_ns, first_ns, first_ns, query.step_ns))
+    params = [*selection, *selection, first_ns, first_ns, first_ns, query.step_ns]
+    # Compacted hours carry each point's series id; the others compute it (reading two maps).
+    store.sql("SELECT 1")  # brings the store's view of which hours are compacted up to date
+    open_hours = " OR ".join(
+        f"(date = DATE '{date}' AND hour = {int(hour)})" for date, hour in store.open_hours("metrics")
+    )
+    columns = f"""{labels} AS labels, temporality = 'delta' AS is_delta,
+                coalesce(is_monotonic, true) AS monotonic, start_time_unix_nano AS start_ns,
+                time_unix_nano AS time_ns, value"""
     sql = f"""
         WITH points AS (
-            SELECT hash(service_name, scope_name, scope_version, resource_attributes, attributes,
-                    temporality, explicit_bounds) AS series,
-                {labels} AS labels, temporality = 'delta' AS is_delta,
-                coalesce(is_monotonic, true) AS monotonic, start_time_unix_nano AS start_ns,
-                time_unix_nano AS time_ns, value
-            FROM metrics WHERE {where} AND value IS NOT NULL
+            SELECT series_id AS series, {columns}
+            FROM metrics WHERE {where} AND value IS NOT NULL AND NOT ({open_hours or "false"})
+            UNION ALL
+            SELECT {SERIES_ID_SQL} AS series, {columns}
+            FROM metrics WHERE {where} AND value IS NOT NULL AND ({open_hours or "false"})
         ),
         paired AS (
             SELECT *, lag(value) OVER w AS previous, lag(start_ns) OVER w AS previous_start

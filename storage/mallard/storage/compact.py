@@ -63,7 +63,7 @@ from mallard.storage.layout import (
 )
 from mallard.storage.lock import ReaderLock
 from mallard.storage.retention import MAINTAINED_TABLES
-from mallard.storage.schema import SCHEMA_VERSION, TABLES
+from mallard.storage.schema import COMPACTED_COLUMNS, SCHEMA_VERSION, TABLES
 from mallard.storage.traces import trace_rows_sql
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ ROW_GROUP_ROWS: Final[dict[str, int]] = {
     "spans": 8_192,
     "metrics": 122_880,
     "logs": 122_880,
-    "traces": 16_384,
+    "traces": 2_048,
 }
 _STAGING_PREFIX: Final = "compact-"
 
@@ -288,7 +288,14 @@ def _merge(
         COVERAGE_KEY.decode(): json.dumps(merged, separators=(",", ":")),
     }
     order = ", ".join(COMPACT_SORT[table])
-    query = f"SELECT * FROM {_read(files)} ORDER BY {order}"
+    derived = COMPACTED_COLUMNS.get(table, {})
+    if not derived:
+        columns = "*"
+    elif any(is_compacted(path) for path in files):  # they have the columns already: recompute
+        columns = "* REPLACE (" + ", ".join(f"{sql} AS {name}" for name, (_, sql) in derived.items()) + ")"
+    else:
+        columns = "*, " + ", ".join(f"{sql} AS {name}" for name, (_, sql) in derived.items())
+    query = f"SELECT {columns} FROM {_read(files)} ORDER BY {order}"
     rows = _copy(connection, query, out, settings, metadata, row_group_rows=ROW_GROUP_ROWS[table])
     return _produced(out), rows
 

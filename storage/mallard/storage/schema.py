@@ -213,6 +213,16 @@ TRACES: Final = pa.schema(
     ]
 )
 DERIVED_TABLES: Final = ("traces",)
+
+# Columns that only compacted files have (compaction derives them; collector files lack them, and
+# `mallard.query.Store` reads them as NULL there).
+SERIES_ID_SQL: Final = (
+    "hash(service_name, scope_name, scope_version, resource_attributes, attributes, temporality,"
+    " explicit_bounds)"
+)
+COMPACTED_COLUMNS: Final[dict[str, dict[str, tuple[pa.DataType, str]]]] = {
+    "metrics": {"series_id": (pa.uint64(), SERIES_ID_SQL)},
+}
 ALL_SCHEMAS: Final[dict[str, pa.Schema]] = {**SCHEMAS, "traces": TRACES}
 
 # The column each table is partitioned on (date=/hour= directories).
