@@ -122,25 +122,23 @@ def _single_table(relative: str, heading: str) -> list[list[str]]:
 @pytest.fixture(scope="module")
 def store_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One row per table, committed by `ParquetSink` (every column NULL but the partition column)."""
-    root = tmp_path_factory.mktemp("store")
-    sink = ParquetSink(root, settings=ParquetSettings(fsync=False))
-    moment = datetime(2024, 5, 31, 16, 10, tzinfo=UTC)
-    for table in TABLES:
-        rows = pa.Table.from_pylist([{PARTITION_TIME_COLUMN[table]: moment}], schema=SCHEMAS[table])
-        sink.write(table, rows.to_batches(), writer="w0", first_lsn=1, last_lsn=1)
-    return root
+    return _one_row_per_table(tmp_path_factory.mktemp("store"))
 
 
 @pytest.fixture(scope="module")
 def compacted_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same rows as `store_root`, with every hour compacted (so the `traces` table exists)."""
-    root = tmp_path_factory.mktemp("compacted")
+    root = _one_row_per_table(tmp_path_factory.mktemp("compacted"))
+    maintain(root, settings=CompactionSettings(fsync=False))
+    return root
+
+
+def _one_row_per_table(root: Path) -> Path:
     sink = ParquetSink(root, settings=ParquetSettings(fsync=False))
     moment = datetime(2024, 5, 31, 16, 10, tzinfo=UTC)
     for table in TABLES:
         rows = pa.Table.from_pylist([{PARTITION_TIME_COLUMN[table]: moment}], schema=SCHEMAS[table])
         sink.write(table, rows.to_batches(), writer="w0", first_lsn=1, last_lsn=1)
-    maintain(root, settings=CompactionSettings(fsync=False))
     return root
 
 
