@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mallard.query import QueryError, Store
-from mallard.storage.schema import PARTITION_TIME_COLUMN, SCHEMAS, TABLES
+from mallard.storage.schema import COMPACTED_COLUMNS, PARTITION_TIME_COLUMN, SCHEMAS, TABLES
 
 START = datetime(2026, 11, 22, 10, 15, 0, 123456, tzinfo=UTC)
 
@@ -61,7 +61,7 @@ def test_a_store_with_no_directory_has_empty_typed_tables(tmp_path: Path, table:
     with Store(tmp_path / "missing") as store:
         assert store.sql(f"SELECT count(*) AS n FROM {table}").to_pylist() == [{"n": 0}]
         names = [name for name, _ in describe(store, table)]
-        assert names == [*SCHEMAS[table].names, "date", "hour"]
+        assert names == [*SCHEMAS[table].names, *COMPACTED_COLUMNS.get(table, {}), "date", "hour"]
 
 
 def test_empty_spans_keep_their_arrow_types(tmp_path: Path) -> None:

@@ -4,8 +4,9 @@ Each table of the storage contract (`spans`, `metrics`, `logs`) is a view over
 `read_parquet('<root>/v1/<table>/**/*.parquet', hive_partitioning=true, union_by_name=true)`, so the
 hive columns `date` (DATE) and `hour` (BIGINT) follow the schema columns. Columns are added within v1,
 so files of different ages hold different columns: the view is that read `UNION ALL BY NAME` under a
-typed empty relation of the v1 Arrow schema's columns. Every column of the schema is then there, in
-schema order, NULL in the rows of files written before it was added (even where no file has it yet);
+typed empty relation of the v1 Arrow schema's columns (and those only compacted files have, such as
+`metrics.series_id`). Every column of the schema is then there, in schema order, NULL in the rows of
+files written before it was added (even where no file has it yet);
 columns that only newer files have follow at the end. DuckDB refuses a glob that matches no file, so
 while a table has no files its view is the typed empty relation alone. Before every query the store
 checks, for each table, whether files exist and redefines a view only when that answer changed: a
