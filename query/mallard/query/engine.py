@@ -167,7 +167,7 @@ class TableViews:
         self.open_hours["metrics"] = self._open_hours["metrics"].list() if self._has_files["metrics"] else ()
         if key == self._traces_key:
             return
-        hours = " OR ".join(f"(date = DATE '{date}' AND hour = {hour})" for date, hour in open_hours)
+        hours = hours_predicate(open_hours)
         source = index = self._empty["traces"]
         if has_rows:
             built = f"SELECT * FROM ({_parquet_select(self._root, 'traces')})"
@@ -180,6 +180,12 @@ class TableViews:
         self._connection.execute(f"CREATE OR REPLACE VIEW trace_rows AS {source}")
         self._connection.execute(f"CREATE OR REPLACE VIEW traces AS {TRACE_MERGE_SQL}")
         self._traces_key = key
+
+
+def hours_predicate(hours: Sequence[tuple[str, int]]) -> str:
+    """SQL true for the rows of the given (UTC date, hour) partitions; `''` for none. The values come
+    from partition directory names (`Partition.of_dir` checked them), not from callers."""
+    return " OR ".join(f"(date = DATE '{date}' AND hour = {int(hour)})" for date, hour in hours)
 
 
 class _OpenHours:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from mallard.query.engine import Store
+from mallard.query.engine import Store, hours_predicate
 from mallard.query.histograms import exponential_histogram_quantile, histogram_quantile
 from mallard.query.timerange import (
     InvalidArgument,
@@ -268,11 +268,9 @@ def _counter_series(store: Store, query: _Query, agg: str) -> list[Series]:
     where = query.where(lookback, selection)
     first_ns = query.time.start_unix_nano
     params = [*selection, *selection, first_ns, first_ns, first_ns, query.step_ns]
-    # Compacted hours carry each point's series id; the others compute it (reading two maps).
-    store.sql("SELECT 1")  # brings the store's view of which hours are compacted up to date
-    open_hours = " OR ".join(
-        f"(date = DATE '{date}' AND hour = {int(hour)})" for date, hour in store.open_hours("metrics")
-    )
+    # Compacted hours carry each point's series id; the others compute it (reading two maps). The
+    # open hours are as of `_metric_type`'s query, run just before.
+    open_hours = hours_predicate(store.open_hours("metrics"))
     columns = f"""{labels} AS labels, temporality = 'delta' AS is_delta,
                 coalesce(is_monotonic, true) AS monotonic, start_time_unix_nano AS start_ns,
                 time_unix_nano AS time_ns, value"""

@@ -52,12 +52,11 @@ from mallard.storage.layout import (
     COVERAGE_KEY,
     Partition,
     compacted_file_name,
+    files_coverage,
     is_compacted,
     journal_dir,
     merge_ranges,
-    parse_part_file,
     partition_dirs,
-    read_coverage,
     tmp_dir,
     trash_dir,
 )
@@ -65,6 +64,7 @@ from mallard.storage.lock import ReaderLock
 from mallard.storage.retention import MAINTAINED_TABLES
 from mallard.storage.schema import COMPACTED_COLUMNS, SCHEMA_VERSION, TABLES
 from mallard.storage.traces import trace_rows_sql
+from mallard.storage.writer import fsync_path
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ def _compact_partition(
         moves_out += old_traces
     if settings.fsync:
         for path, _ in moves_in:
-            _fsync_file(path)
+            fsync_path(path)
     journal = _write_journal(root, nonce, moves_in, moves_out, settings)
     _publish(run, journal)
     shutil.rmtree(staging, ignore_errors=True)
@@ -272,15 +272,7 @@ def _merge(
     out: Path,
     settings: CompactionSettings,
 ) -> tuple[list[Path], int]:
-    coverage: dict[str, list[tuple[int, int]]] = {}
-    for path in files:
-        if is_compacted(path):
-            for writer, ranges in read_coverage(path).items():
-                coverage.setdefault(writer, []).extend(ranges)
-            continue
-        part = parse_part_file(path, table)
-        if part is not None:
-            coverage.setdefault(part.writer, []).append((part.first_lsn, part.last_lsn))
+    coverage = files_coverage(files)
     merged = {writer: merge_ranges(ranges) for writer, ranges in sorted(coverage.items())}
     metadata = {
         "mallard.schema_version": str(SCHEMA_VERSION),
@@ -370,10 +362,10 @@ def _write_journal(
     tmp = directory / f"{nonce}.json.tmp"
     tmp.write_text(json.dumps(record))
     if settings.fsync:
-        _fsync_file(tmp)
+        fsync_path(tmp)
     os.replace(tmp, final)
     if settings.fsync:
-        _fsync_dir(directory)
+        fsync_path(directory)
     return final
 
 
@@ -401,10 +393,10 @@ def _publish(run: _Run, journal: Path) -> None:
                 touched.add(path.parent)
     if settings.fsync:
         for directory in touched:
-            _fsync_dir(directory)
+            fsync_path(directory)
     journal.unlink()
     if settings.fsync:
-        _fsync_dir(journal.parent)
+        fsync_path(journal.parent)
 
 
 def _finish_journals(run: _Run) -> None:
@@ -478,22 +470,3 @@ def _literal(text: str) -> str:
 
 def _relative(root: Path, path: Path) -> str:
     return os.fspath(path.relative_to(root))
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

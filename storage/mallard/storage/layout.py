@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -173,10 +173,15 @@ def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def directory_coverage(directory: Path) -> dict[str, list[tuple[int, int]]]:
-    """The committed WAL ranges, by writer, of the files in one partition directory: collector files
-    by their names, compacted files by their footers."""
+    """The committed WAL ranges, by writer, of the files in one partition directory."""
+    return files_coverage(directory.glob("*.parquet"))
+
+
+def files_coverage(paths: Iterable[Path]) -> dict[str, list[tuple[int, int]]]:
+    """The committed WAL ranges, by writer, that `paths` hold: collector files by their names,
+    compacted files by their footers; other files hold none."""
     coverage: dict[str, list[tuple[int, int]]] = {}
-    for path in directory.glob("*.parquet"):
+    for path in paths:
         if is_compacted(path):
             for writer, ranges in read_coverage(path).items():
                 coverage.setdefault(writer, []).extend(ranges)

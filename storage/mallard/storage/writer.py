@@ -127,7 +127,8 @@ def _committed(directory: Path, writer: str, first_lsn: int, last_lsn: int) -> b
     return any(first <= first_lsn and last_lsn <= last for first, last in ranges)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsyncs a file, or a directory (so that renames into it survive power loss)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -195,15 +196,11 @@ class ParquetSink:
                 store_schema=True,
             )
             if self.settings.fsync:
-                fd = os.open(tmp, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_path(tmp)
             final = final_dir / name
             os.rename(tmp, final)
             if self.settings.fsync:
-                _fsync_dir(final_dir)
+                fsync_path(final_dir)
         except (OSError, pa.ArrowException) as exc:
             tmp.unlink(missing_ok=True)
             raise StorageError(f"could not commit {partition.relative_dir()}/{name}: {exc}") from exc
