@@ -79,11 +79,12 @@ class Store:
 
     def open_hours(self, table: str = "spans") -> tuple[tuple[str, int], ...]:
         """The (UTC date, hour) partitions of `table` (`spans` or `metrics`) that hold files not
-        written by compaction, as of the last query. For `spans`, the hours whose `traces` rows are
-        computed from `spans`, not read from the `trace_index` view (the compacted `traces` rows);
-        for `metrics`, the hours whose rows have no `series_id`."""
+        written by compaction. For `spans`, as of the last query: the hours whose `traces` rows are
+        computed from `spans`, not read from the `trace_index` view (the compacted `traces` rows).
+        For `metrics`, listed now (only the queries that use them pay for the listing): the hours
+        whose rows have no `series_id`."""
         with self._lock:
-            return self._views.open_hours[table]
+            return self._views.open_hours if table == "spans" else self._views.list_open_hours(table)
 
     def sql(self, query: str, params: Sequence[object] | None = None) -> pa.Table:
         """Runs `query` (several `;`-separated statements: the last one's result) and returns its rows.
@@ -145,7 +146,7 @@ class TableViews:
         self._empty = {table: _empty_select(connection, table) for table in (*TABLES, "traces")}
         self._open_hours = {table: _OpenHours(table_dir(root, table)) for table in ("spans", "metrics")}
         self._traces_key: tuple[object, ...] | None = None
-        self.open_hours: dict[str, tuple[tuple[str, int], ...]] = {"spans": (), "metrics": ()}
+        self.open_hours: tuple[tuple[str, int], ...] = ()  # of spans, as of the last refresh
 
     def refresh(self) -> None:
         for table in TABLES:
@@ -159,12 +160,15 @@ class TableViews:
             self._has_files[table] = has_files
         self._refresh_traces()
 
+    def list_open_hours(self, table: str) -> tuple[tuple[str, int], ...]:
+        """The hours of `table` (`spans` or `metrics`) that hold files not written by compaction."""
+        return self._open_hours[table].list()
+
     def _refresh_traces(self) -> None:
         has_rows = _has_files(table_dir(self._root, "traces"))
         open_hours = self._open_hours["spans"].list() if self._has_files["spans"] else ()
         key = (has_rows, open_hours)
-        self.open_hours["spans"] = open_hours
-        self.open_hours["metrics"] = self._open_hours["metrics"].list() if self._has_files["metrics"] else ()
+        self.open_hours = open_hours
         if key == self._traces_key:
             return
         hours = hours_predicate(open_hours)

@@ -268,8 +268,7 @@ def _counter_series(store: Store, query: _Query, agg: str) -> list[Series]:
     where = query.where(lookback, selection)
     first_ns = query.time.start_unix_nano
     params = [*selection, *selection, first_ns, first_ns, first_ns, query.step_ns]
-    # Compacted hours carry each point's series id; the others compute it (reading two maps). The
-    # open hours are as of `_metric_type`'s query, run just before.
+    # Compacted hours carry each point's series id; the others compute it (reading two maps).
     open_hours = hours_predicate(store.open_hours("metrics"))
     columns = f"""{labels} AS labels, temporality = 'delta' AS is_delta,
                 coalesce(is_monotonic, true) AS monotonic, start_time_unix_nano AS start_ns,
