@@ -42,12 +42,11 @@ import pyarrow as pa
 from mallard.query.errors import QueryError
 from mallard.storage.layout import COMPACTED_PREFIX, Partition, table_dir, table_glob
 from mallard.storage.lock import ReaderLock
-from mallard.storage.schema import ALL_SCHEMAS, COMPACTED_COLUMNS, TABLES
+from mallard.storage.schema import ALL_SCHEMAS, ALL_TABLES, COMPACTED_COLUMNS, TABLES
 from mallard.storage.traces import TRACE_MERGE_SQL, trace_rows_sql
 
 # The hive partition columns and the types they are read as (pinned, not inferred from the paths).
 HIVE_COLUMNS: Final = (("date", "DATE"), ("hour", "BIGINT"))
-VIEWS: Final = (*TABLES, "traces", "trace_rows", "trace_index")
 _ATTEMPTS: Final = 3  # a query that finds a file gone is run again, at most this many times in all
 _RETRY_PAUSE_S: Final = 0.05
 
@@ -143,7 +142,7 @@ class TableViews:
         # replaced by compaction has a new name), and a lookup then costs no footer reads.
         connection.execute("SET parquet_metadata_cache = true")
         self._has_files: dict[str, bool] = {}
-        self._empty = {table: _empty_select(connection, table) for table in (*TABLES, "traces")}
+        self._empty = {table: _empty_select(connection, table) for table in ALL_TABLES}
         self._open_hours = {table: _OpenHours(table_dir(root, table)) for table in ("spans", "metrics")}
         self._traces_key: tuple[object, ...] | None = None
         self.open_hours: tuple[tuple[str, int], ...] = ()  # of spans, as of the last refresh

@@ -47,7 +47,7 @@ from mallard.query.errors import QueryError, SqlRefused, SqlTimeout
 from mallard.query.output import JsonValue, to_json_rows
 from mallard.storage.layout import table_dir
 from mallard.storage.lock import ReaderLock
-from mallard.storage.schema import TABLES
+from mallard.storage.schema import ALL_TABLES
 
 _BATCH_ROWS: Final = 1024
 
@@ -90,7 +90,7 @@ class SqlSandbox:
         self._connection = duckdb.connect(":memory:")
         try:
             self._views = TableViews(self._connection, self._root)
-            _lock_down(self._connection, [table_dir(self._root, table) for table in (*TABLES, "traces")])
+            _lock_down(self._connection, [table_dir(self._root, table) for table in ALL_TABLES])
         except duckdb.Error as error:
             self._connection.close()
             raise QueryError(str(error)) from error

@@ -61,8 +61,7 @@ from mallard.storage.layout import (
     trash_dir,
 )
 from mallard.storage.lock import ReaderLock
-from mallard.storage.retention import MAINTAINED_TABLES
-from mallard.storage.schema import COMPACTED_COLUMNS, SCHEMA_VERSION, TABLES
+from mallard.storage.schema import ALL_TABLES, COMPACTED_COLUMNS, SCHEMA_VERSION, TABLES
 from mallard.storage.traces import trace_rows_sql
 from mallard.storage.writer import fsync_path
 
@@ -435,8 +434,8 @@ def _apply_retention(run: _Run, retention: Mapping[str, float]) -> None:
     if "spans" in ages and "traces" not in ages:
         ages["traces"] = ages["spans"]
     for table, max_age_s in ages.items():
-        if table not in MAINTAINED_TABLES:
-            raise StorageError(f"unknown table {table!r} (tables: {', '.join(MAINTAINED_TABLES)})")
+        if table not in ALL_TABLES:
+            raise StorageError(f"unknown table {table!r} (tables: {', '.join(ALL_TABLES)})")
         # An hour is dropped once its end is more than the maximum age ago.
         first_kept = int((now.timestamp() - max_age_s) // 3600)
         expired = [

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from mallard.storage.schema import TABLES
+from mallard.storage.schema import ALL_TABLES, TABLES
 
-MAINTAINED_TABLES: Final = (*TABLES, "traces")
 _DURATION_S: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -33,8 +32,8 @@ def parse_retention(text: str) -> dict[str, float]:
         table, sep, age = item.rpartition("=")
         names = [table.strip()] if sep else list(TABLES)
         for name in names:
-            if name not in MAINTAINED_TABLES:
-                known = ", ".join(MAINTAINED_TABLES)
+            if name not in ALL_TABLES:
+                known = ", ".join(ALL_TABLES)
                 raise ValueError(f"unknown table {name!r} in retention (tables: {known})")
             ages[name] = parse_duration(age)
     return ages

@@ -212,7 +212,7 @@ TRACES: Final = pa.schema(
         pa.field("output_tokens", pa.int64()),
     ]
 )
-DERIVED_TABLES: Final = ("traces",)
+ALL_TABLES: Final = (*TABLES, "traces")  # the collector's tables and the one compaction builds
 
 # Columns that only compacted files have (compaction derives them; collector files lack them, and
 # `mallard.query.Store` reads them as NULL there).
