@@ -31,7 +31,10 @@ from mallard.query.engine import HIVE_COLUMNS, Store
 from mallard.storage.compact import COMPACT_SORT, ROW_GROUP_ROWS, CompactionSettings, maintain
 from mallard.storage.layout import table_glob
 from mallard.storage.schema import (
+    ALL_SCHEMAS,
+    ALL_TABLES,
     COMPACTED_COLUMNS,
+    DERIVED_TABLES,
     EVENT,
     EXEMPLAR,
     LINK,
@@ -41,7 +44,6 @@ from mallard.storage.schema import (
     SCHEMAS,
     SPAN_PROMOTED,
     TABLES,
-    TRACES,
 )
 from mallard.storage.writer import SORT_KEYS, ParquetSettings, ParquetSink
 
@@ -188,14 +190,16 @@ def test_storage_doc_lists_every_column_with_its_duckdb_type(table: str, store_r
     _assert_documented(table, actual, documented)
 
 
-@pytest.mark.parametrize("table", [*TABLES, "traces"])
+@pytest.mark.parametrize("table", ALL_TABLES)
 def test_compacted_files_keep_the_documented_columns_and_types(table: str, compacted_root: Path) -> None:
     assert all(path.name.startswith("c-") for path in (compacted_root / "v1" / table).rglob("*.parquet"))
     _assert_documented(table, _duckdb_columns(compacted_root, table), _documented_columns(table))
 
 
-def test_storage_doc_traces_columns_match_the_schema() -> None:
-    assert [name for name in _documented_columns("traces") if name not in ("date", "hour")] == TRACES.names
+@pytest.mark.parametrize("table", DERIVED_TABLES)
+def test_storage_doc_derived_table_columns_match_the_schema(table: str) -> None:
+    documented = [name for name in _documented_columns(table) if name not in ("date", "hour")]
+    assert documented == ALL_SCHEMAS[table].names
 
 
 def test_storage_doc_compaction_sort_matches_the_compactor() -> None:
@@ -204,6 +208,7 @@ def test_storage_doc_compaction_sort_matches_the_compactor() -> None:
     assert documented == {
         **{table: list(keys) for table, keys in COMPACT_SORT.items()},
         "traces": ["trace_id"],
+        "attribute_index": ["key", "value", "trace_id"],
     }
     assert {_code(row[0]): int(row[2].replace(",", "")) for row in rows} == ROW_GROUP_ROWS
 
@@ -211,11 +216,11 @@ def test_storage_doc_compaction_sort_matches_the_compactor() -> None:
 def test_storage_doc_compacted_metadata_keys_match_compacted_files(compacted_root: Path) -> None:
     rows = _tables(_section(_read("docs/storage.md"), "## File format"))[1]
     documented = {_code(row[0]) for row in rows}
-    for table in (*TABLES, "traces"):
+    for table in ALL_TABLES:
         for path in (compacted_root / "v1" / table).rglob("*.parquet"):
             metadata = pq.ParquetFile(path).metadata.metadata
             written = {key.decode() for key in metadata if key.startswith(b"mallard.")}
-            expected = documented - {"mallard.wal_coverage"} if table == "traces" else documented
+            expected = documented - {"mallard.wal_coverage"} if table in DERIVED_TABLES else documented
             assert written == expected, path
 
 

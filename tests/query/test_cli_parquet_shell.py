@@ -151,7 +151,15 @@ def test_piped_shell_lists_tables_and_stops_at_exit(data: Path) -> None:
     result = run_cli(["shell", "--data", str(data)], input_text=session)
     assert (result.returncode, result.stderr) == (0, "")
     lines = result.stdout.splitlines()
-    assert lines[:3] == ["logs", "metrics", "spans"]
+    assert lines[:7] == [
+        "attribute_index",
+        "logs",
+        "metrics",
+        "spans",
+        "trace_index",
+        "trace_rows",
+        "traces",
+    ]
     assert any(line.startswith(".tables") for line in lines)
     assert "never run" not in result.stdout
 

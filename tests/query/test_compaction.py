@@ -259,6 +259,7 @@ def test_retention_drops_whole_old_hours_of_each_table(root: Path) -> None:
         settings=CompactionSettings(fsync=False),
     )
     assert sorted(report.dropped) == [
+        "v1/attribute_index/date=2026-11-21/hour=06",
         "v1/logs/date=2026-11-21/hour=06",
         "v1/logs/date=2026-11-22/hour=07",
         "v1/spans/date=2026-11-21/hour=06",
@@ -416,7 +417,7 @@ def test_mallard_compact_command(root: Path) -> None:
     missing = run_cli(["compact", "--data", str(root / "nope")])
     assert missing.returncode == 1 and "is not a directory" in missing.stderr
     dropped = run_cli(["compact", "--data", str(root), "--retention", "1h", "--no-compact"])
-    assert dropped.returncode == 0 and "dropped 2 partitions" in dropped.stdout  # spans and traces
+    assert dropped.returncode == 0 and "dropped 3 partitions" in dropped.stdout  # spans, traces, index
 
 
 def test_mallard_serve_compacts_closed_hours_while_it_ingests(tmp_path: Path) -> None:
@@ -540,3 +541,21 @@ def test_counter_series_are_the_same_after_compaction(root: Path) -> None:
         2 * (18 + 19 + 20 + 21),
         2 * (22 + 23 + 24 + 25),
     ]
+
+
+def test_get_trace_reads_the_hours_that_hold_the_trace_and_survives_a_dropped_hour(root: Path) -> None:
+    _three_hour_store(root)
+    maintain(root, now=NOW, settings=CompactionSettings(fsync=False))
+    with Store(root) as store:
+        trace = get_trace(store, f"{1:032x}")
+        assert trace is not None and [span.span_id for span in trace.spans] == [
+            f"{1:016x}",
+            f"{2:016x}",
+            f"{3:016x}",
+        ]
+        # The 11:00 spans go (as retention would drop them) while its `traces` rows stay: the lookup
+        # still names the hour, whose files are gone; the rest of the trace is still found.
+        (root / "v1/spans/date=2026-11-22/hour=11").rename(root / "gone")
+        trace = get_trace(store, f"{1:032x}")
+        assert trace is not None and [span.span_id for span in trace.spans] == [f"{1:016x}", f"{2:016x}"]
+        assert get_trace(store, f"{2:032x}") is None  # all its spans were in 11:00

@@ -21,6 +21,10 @@ builds for compacted hours, and the same rows computed from `spans` for every ho
 collector files (the hours not compacted yet, or with late data), so a trace is there as soon as its
 spans are. Which hours those are is checked before every query, from the partition directories.
 
+`trace_index` (`trace_id`, `date`, `hour`) and `attribute_index` (`key`, `value`, `trace_id`, `date`,
+`hour`) are lookup views over the `traces` and `attribute_index` files that compaction builds; they read
+those few columns without `union_by_name`, which every such file has.
+
 Every query holds the store's `ReaderLock` shared, so compaction and retention never swap files
 between the listing of the files and the reading of them; should a file vanish anyway (a swap that
 did not wait for the lock), the query is run again from the start.
@@ -49,6 +53,14 @@ from mallard.storage.traces import TRACE_MERGE_SQL, trace_rows_sql
 HIVE_COLUMNS: Final = (("date", "DATE"), ("hour", "BIGINT"))
 _ATTEMPTS: Final = 3  # a query that finds a file gone is run again, at most this many times in all
 _RETRY_PAUSE_S: Final = 0.05
+
+# Lookup views: a few columns that every file of a table compaction builds has, read without
+# `union_by_name` (which makes DuckDB's planner spend about 60 ms per query over 25 files). A file
+# lacking some other column does not matter to a scan that does not project it.
+_KEY_VIEWS: Final = {
+    "attribute_index": ("attribute_index", ("key", "value", "trace_id")),
+    "trace_index": ("traces", ("trace_id",)),
+}
 
 T = TypeVar("T")
 
@@ -85,26 +97,51 @@ class Store:
         with self._lock:
             return self._views.open_hours if table == "spans" else self._views.list_open_hours(table)
 
-    def sql(self, query: str, params: Sequence[object] | None = None) -> pa.Table:
+    def sql(
+        self, query: str, params: Sequence[object] | None = None, *, order_joins: bool = True
+    ) -> pa.Table:
         """Runs `query` (several `;`-separated statements: the last one's result) and returns its rows.
 
         `params` fill the query's `?` placeholders: caller values never go into SQL text.
+        `order_joins=False` skips DuckDB's join-order optimizer, for queries without joins: over the
+        table views it costs 10-70 ms per query (it estimates the scans' cardinalities from every
+        file's statistics) and has nothing to order there. The typed query functions pass it.
         Raises `QueryError` with DuckDB's message when DuckDB rejects the query.
         """
         values = list(params) if params is not None else None
 
         def attempt() -> pa.Table:
             self._views.refresh()
-            relation = self._connection.sql(query, params=values)
-            if relation is None:  # no statement at all
-                return pa.table({})
-            return relation.to_arrow_table()
+            if not order_joins:
+                self._connection.execute("SET disabled_optimizers = 'join_order'")
+            try:
+                relation = self._connection.sql(query, params=values)
+                if relation is None:  # no statement at all
+                    return pa.table({})
+                return relation.to_arrow_table()
+            finally:
+                if not order_joins:
+                    self._connection.execute("RESET disabled_optimizers")
 
         with self._lock:
             try:
                 return read_consistently(self._reader_lock, attempt, self._count_retry)
             except duckdb.Error as error:
                 raise QueryError(str(error)) from error
+
+    def hours_source(self, table: str, hours: Sequence[tuple[str, int]]) -> str:
+        """A relation (SQL text) of `table`'s rows in the given (UTC date, hour) partitions only, with
+        the view's columns: cheaper to plan than the view plus an hours filter, because DuckDB binds
+        only those hours' files. DuckDB fails the query ("No files found") when a listed hour has no
+        files; callers fall back to the view then."""
+        globs = ", ".join(
+            _quote(
+                str(self._root / Partition(table=table, date=date, hour=hour).relative_dir() / "*.parquet")
+            )
+            for date, hour in hours
+        )
+        files = _parquet_select(self._root, table, f"[{globs}]")
+        return f"({self._views.empty(table)} UNION ALL BY NAME {files})"
 
     def _count_retry(self) -> None:
         self.retries += 1
@@ -127,8 +164,8 @@ class Store:
 
 
 class TableViews:
-    """The views `spans`, `metrics`, `logs`, `trace_rows`, `traces` of the store under `root`, defined
-    on `connection`.
+    """The views `spans`, `metrics`, `logs`, `attribute_index`, `trace_index`, `trace_rows`, `traces`
+    of the store under `root`, defined on `connection`.
 
     Call `refresh()` before every query (under the same lock as the query): it redefines a table's
     view only when the table gained its first file or lost its last one, and the trace views when the
@@ -157,7 +194,19 @@ class TableViews:
                 source += f" UNION ALL BY NAME {_parquet_select(self._root, table)}"
             self._connection.execute(f"CREATE OR REPLACE VIEW {table} AS {source}")
             self._has_files[table] = has_files
+        for view, (table, columns) in _KEY_VIEWS.items():
+            has_files = _has_files(table_dir(self._root, table))
+            if self._has_files.get(view) == has_files:
+                continue
+            self._connection.execute(
+                f"CREATE OR REPLACE VIEW {view} AS {_key_select(self._root, table, columns, has_files)}"
+            )
+            self._has_files[view] = has_files
         self._refresh_traces()
+
+    def empty(self, table: str) -> str:
+        """A `SELECT` of no rows with `table`'s columns and types."""
+        return self._empty[table]
 
     def list_open_hours(self, table: str) -> tuple[tuple[str, int], ...]:
         """The hours of `table` (`spans` or `metrics`) that hold files not written by compaction."""
@@ -171,15 +220,13 @@ class TableViews:
         if key == self._traces_key:
             return
         hours = hours_predicate(open_hours)
-        source = index = self._empty["traces"]
+        source = self._empty["traces"]
         if has_rows:
             built = f"SELECT * FROM ({_parquet_select(self._root, 'traces')})"
-            index += f" UNION ALL BY NAME {built}"
             source += f" UNION ALL BY NAME {built}" + (f" WHERE NOT ({hours})" if hours else "")
         if hours:
             live = trace_rows_sql(f"(SELECT * FROM spans WHERE {hours})", extra_keys=("date", "hour"))
             source += f" UNION ALL BY NAME SELECT * FROM ({live})"
-        self._connection.execute(f"CREATE OR REPLACE VIEW trace_index AS {index}")
         self._connection.execute(f"CREATE OR REPLACE VIEW trace_rows AS {source}")
         self._connection.execute(f"CREATE OR REPLACE VIEW traces AS {TRACE_MERGE_SQL}")
         self._traces_key = key
@@ -265,11 +312,27 @@ def _has_files(directory: Path) -> bool:
     return next(directory.rglob("*.parquet"), None) is not None
 
 
-def _parquet_select(root: Path, table: str) -> str:
+def _parquet_select(root: Path, table: str, files: str | None = None) -> str:
+    """All columns of `table`'s files: those `files` names (a DuckDB list of globs), else all."""
     hive_types = ", ".join(f"'{name}': '{sql_type}'" for name, sql_type in HIVE_COLUMNS)
+    source = files if files is not None else _quote(table_glob(root, table))
     return (
-        f"SELECT * FROM read_parquet({_quote(table_glob(root, table))}, hive_partitioning = true,"
+        f"SELECT * FROM read_parquet({source}, hive_partitioning = true,"
         f" union_by_name = true, hive_types = {{{hive_types}}})"
+    )
+
+
+def _key_select(root: Path, table: str, columns: Sequence[str], has_files: bool) -> str:
+    """The text `columns` and the hive columns of `table`'s files (of none when `has_files` is false)."""
+    if not has_files:
+        casts = [f"CAST(NULL AS VARCHAR) AS {name}" for name in columns]
+        casts += [f"CAST(NULL AS {sql_type}) AS {name}" for name, sql_type in HIVE_COLUMNS]
+        return f"SELECT {', '.join(casts)} WHERE false"
+    hive_types = ", ".join(f"'{name}': '{sql_type}'" for name, sql_type in HIVE_COLUMNS)
+    names = ", ".join([*columns, *(name for name, _ in HIVE_COLUMNS)])
+    return (
+        f"SELECT {names} FROM read_parquet({_quote(table_glob(root, table))}, hive_partitioning = true,"
+        f" hive_types = {{{hive_types}}})"
     )
 
 

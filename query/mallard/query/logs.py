@@ -91,7 +91,7 @@ def search_logs(
         FROM logs WHERE {" AND ".join(terms)}
         ORDER BY time DESC, time_unix_nano DESC, span_id, body LIMIT ?
     """
-    return [_entry(row) for row in store.sql(query, params).to_pylist()]
+    return [_entry(row) for row in store.sql(query, params, order_joins=False).to_pylist()]
 
 
 def _entry(row: dict[str, Any]) -> LogEntry:

@@ -97,7 +97,7 @@ def metric_names(store: Store, *, start: datetime, end: datetime) -> list[Metric
             temporality=row["temporality"],
             point_count=row["points"],
         )
-        for row in store.sql(query, params).to_pylist()
+        for row in store.sql(query, params, order_joins=False).to_pylist()
     ]
 
 
@@ -216,12 +216,15 @@ def _metric_type(store: Store, name: str, time: TimeRange) -> str | None:
     params: list[object] = [name]
     where = _range_predicate(time, params)
     query = f"SELECT DISTINCT metric_type FROM metrics WHERE metric_name = ? AND {where} ORDER BY 1"
-    types = store.sql(query, params).column("metric_type").to_pylist()
+    types = store.sql(query, params, order_joins=False).column("metric_type").to_pylist()
     if len(types) > 1:
         raise InvalidArgument(f"metric {name!r} has points of several types in the range: {types}")
     if types:
         return str(types[0])
-    if store.sql("SELECT 1 FROM metrics WHERE metric_name = ? LIMIT 1", [name]).num_rows == 0:
+    if (
+        store.sql("SELECT 1 FROM metrics WHERE metric_name = ? LIMIT 1", [name], order_joins=False).num_rows
+        == 0
+    ):
         raise InvalidArgument(f"unknown metric {name!r}")
     return None
 
@@ -240,7 +243,7 @@ def _value_series(store: Store, query: _Query, agg: str) -> list[Series]:
         FROM metrics WHERE {where} AND value IS NOT NULL GROUP BY ALL ORDER BY labels, step
     """
     grouped: dict[tuple[str, ...], list[tuple[int, float]]] = defaultdict(list)
-    for row in store.sql(sql, params).to_pylist():
+    for row in store.sql(sql, params, order_joins=False).to_pylist():
         grouped[tuple(row["labels"])].append((row["step"], float(row["value"])))
     return _finish(query, grouped)
 
@@ -298,7 +301,7 @@ def _counter_series(store: Store, query: _Query, agg: str) -> list[Series]:
         FROM increases WHERE increase IS NOT NULL GROUP BY ALL ORDER BY labels, step
     """
     grouped: dict[tuple[str, ...], list[tuple[int, float]]] = defaultdict(list)
-    for row in store.sql(sql, params).to_pylist():
+    for row in store.sql(sql, params, order_joins=False).to_pylist():
         grouped[tuple(row["labels"])].append((row["step"], _per_step(agg, row["increase"], query.step_ns)))
     return _finish(query, grouped)
 
@@ -338,7 +341,7 @@ def _increases(
         FROM metrics WHERE {where} ORDER BY time_unix_nano
     """
     series: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for row in store.sql(sql, params).to_pylist():
+    for row in store.sql(sql, params, order_joins=False).to_pylist():
         series[row["series"]].append(row)
     first_ns = query.time.start_unix_nano
     for rows in series.values():

@@ -182,7 +182,7 @@ def label_sets(
         FROM metrics WHERE list_contains(?, metric_name) AND {_range_sql(lo_ns, hi_ns, params)}
     """
     rows: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for row in store.sql(sql, params).to_pylist():
+    for row in store.sql(sql, params, order_joins=False).to_pylist():
         rows[row["metric_name"], row["metric_type"]].append(row)
     found: dict[LabelKey, dict[str, str]] = {}
     for selector, chosen in wanted:
@@ -240,7 +240,7 @@ def read_series(store: Store, entry: Catalogued, lo_ns: int, hi_ns: int) -> list
     """
     point_of = _POINT[entry.metric_type]
     found: dict[int, StoredSeries] = {}
-    for row in store.sql(sql, params).to_pylist():
+    for row in store.sql(sql, params, order_joins=False).to_pylist():
         series = found.get(row["series"])
         if series is None:
             labels = series_labels(entry.prom_name, row["service_name"], row["attributes"], row["instance"])

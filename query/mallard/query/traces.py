@@ -25,7 +25,8 @@ from typing import Any, Final
 
 import pyarrow as pa
 
-from mallard.query.engine import Store
+from mallard.query.engine import Store, hours_predicate
+from mallard.query.errors import QueryError
 from mallard.query.timerange import (
     InvalidArgument,
     TimeRange,
@@ -33,6 +34,8 @@ from mallard.query.timerange import (
     partition_predicate,
     time_range,
 )
+from mallard.storage.attribute_index import indexable
+from mallard.storage.layout import Partition, partition_dirs
 from mallard.storage.schema import SPAN_PROMOTED
 from mallard.storage.traces import trace_merge_sql
 
@@ -145,29 +148,29 @@ def get_trace(
     compacted `traces` rows name (`trace_index`), and the hours not compacted yet.
     """
     trace_id = _trace_id(trace_id)
-    where = "trace_id = ?"
-    params: list[object] = [trace_id]
+    columns = (
+        "trace_id, span_id, parent_span_id, name, kind, service_name, start_time_unix_nano,"
+        " end_time_unix_nano, duration, status_code, status_message, attributes, resource_attributes,"
+        " scope_name, events, links"
+    )
+    order = "ORDER BY start_time_unix_nano, span_id"
     if start is not None or end is not None:
         if start is None or end is None:
             raise InvalidArgument("give both start and end, or neither")
-        where += " AND " + _range_predicate(time_range(start, end), params)
+        params: list[object] = [trace_id]
+        where = "trace_id = ? AND " + _range_predicate(time_range(start, end), params)
+        rows = _sql(store, f"SELECT {columns} FROM spans WHERE {where} {order}", params).to_pylist()
     else:
-        indexed = _sql(store, "SELECT DISTINCT date, hour FROM trace_index WHERE trace_id = ?", [trace_id])
-        hours = {(str(date), hour) for date, hour in zip(*indexed.to_pydict().values(), strict=True)}
-        hours.update(store.open_hours())
+        hours = _trace_hours(store, [trace_id])
         if not hours:
             return None
-        where += " AND (" + " OR ".join("(date = CAST(? AS DATE) AND hour = ?)" for _ in hours) + ")"
-        for date, hour in sorted(hours):
-            params.extend((date, hour))
-    rows = _sql(
-        store,
-        "SELECT trace_id, span_id, parent_span_id, name, kind, service_name, start_time_unix_nano,"
-        " end_time_unix_nano, duration, status_code, status_message, attributes, resource_attributes,"
-        f" scope_name, events, links FROM spans WHERE {where}"
-        " ORDER BY start_time_unix_nano, span_id",
-        params,
-    ).to_pylist()
+        try:  # only those hours' files: less to plan (see `Store.hours_source`)
+            source = store.hours_source("spans", hours)
+            rows = _sql(store, f"SELECT {columns} FROM {source} WHERE trace_id = ? {order}", [trace_id])
+        except QueryError:  # an hour was dropped meanwhile: the view has what is left
+            where = f"trace_id = ? AND ({hours_predicate(hours)})"
+            rows = _sql(store, f"SELECT {columns} FROM spans WHERE {where} {order}", [trace_id])
+        rows = rows.to_pylist()
     if not rows:
         return None
     spans = tuple(_span(row) for row in rows)
@@ -219,10 +222,17 @@ def search_traces(
     )
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_SEARCH_LIMIT:
         raise InvalidArgument(f"limit must be between 1 and {MAX_SEARCH_LIMIT}, got {limit!r}")
+    plan = _index_plan(store, time, attributes or {})
     found: dict[str, int] = {}  # trace id -> its earliest matching span in the windows read
     for window in _windows_newest_first(time):
         params: list[object] = []
-        span_filter = " AND ".join([_range_predicate(window, params), *terms])
+        where = [_range_predicate(window, params), *terms]
+        if plan is not None:
+            narrowed = plan.predicate(window)
+            if narrowed is None:  # no hour of the window can hold a match
+                continue
+            where.append(narrowed)
+        span_filter = " AND ".join(where)
         rows = _sql(
             store,
             f"SELECT trace_id, min(start_time_unix_nano) AS first FROM spans WHERE {span_filter}"
@@ -237,7 +247,8 @@ def search_traces(
     chosen = sorted(found, key=lambda trace_id: (-found[trace_id], trace_id))[:limit]
     if not chosen:
         return []
-    merged = trace_merge_sql("trace_id IN (" + ", ".join("?" for _ in chosen) + ")")
+    hours = hours_predicate(_trace_hours(store, chosen))
+    merged = trace_merge_sql(f"({hours}) AND trace_id IN (" + ", ".join("?" for _ in chosen) + ")")
     rows = _sql(
         store,
         "SELECT trace_id, root_service, root_operation, start_time_unix_nano, duration, span_count,"
@@ -257,6 +268,121 @@ def search_traces(
             services=tuple(row["services"]),
         )
         for row in rows
+    ]
+
+
+def _trace_hours(store: Store, trace_ids: Sequence[str]) -> list[tuple[str, int]]:
+    """The (UTC date, hour) partitions that may hold spans of `trace_ids`: those where the compacted
+    `traces` rows (`trace_index`) list them, and every hour not compacted yet."""
+    rows = _sql(
+        store,
+        "SELECT DISTINCT CAST(date AS VARCHAR) AS date, hour FROM trace_index WHERE trace_id IN ("
+        + ", ".join("?" for _ in trace_ids)
+        + ")",
+        trace_ids,
+    ).to_pydict()
+    return sorted({*zip(rows["date"], rows["hour"], strict=True), *store.open_hours()})
+
+
+@dataclass(frozen=True, slots=True)
+class _IndexPlan:
+    """What the `attribute_index` says about the hours of a search: for each indexed hour, the traces
+    that may match (`None`: read the hour in full); hours it leaves out cannot match. Hours without
+    an index (not compacted yet, or with late data) are read in full."""
+
+    indexed: frozenset[tuple[str, int]]
+    candidates: Mapping[tuple[str, int], frozenset[str] | None]
+
+    def predicate(self, window: TimeRange) -> str | None:
+        """A `WHERE` term limiting a search in `window` to what may match; None when nothing can.
+        Trace ids come from the index and are checked to be hex (`_INDEX_TRACE_ID`) before they are
+        written into the SQL text, where DuckDB prunes row groups by them."""
+        hours = _hours_of(window)
+        read = [hour for hour in hours if hour not in self.indexed or self.candidates.get(hour, ()) is None]
+        narrowed = [hour for hour in hours if hour in self.indexed and self.candidates.get(hour)]
+        if not read and not narrowed:
+            return None
+        terms = []
+        if read:
+            terms.append(hours_predicate(read))
+        if narrowed:
+            ids = sorted({trace for hour in narrowed for trace in self.candidates[hour] or ()})
+            listed = ", ".join(f"'{trace}'" for trace in ids)
+            terms.append(f"(({hours_predicate(narrowed)}) AND trace_id IN ({listed}))")
+        # The hours alone first: DuckDB prunes partitions on a term over the hive columns only.
+        return f"({hours_predicate([*read, *narrowed])}) AND ({' OR '.join(terms)})"
+
+
+_INDEX_TRACE_ID: Final = re.compile(r"[0-9a-f]{32}")
+
+
+def _index_plan(store: Store, time: TimeRange, attributes: Mapping[str, str]) -> _IndexPlan | None:
+    """The `attribute_index` lookup for the attribute filters it can answer; None when there are none
+    (or the index names a trace id that is not 32 hex digits, which collector-written spans never
+    have): the search then reads every hour."""
+    filters = [
+        (key, value)
+        for key, value in attributes.items()
+        if key not in PROMOTED_TEXT_COLUMNS and isinstance(value, str) and indexable(key, value)
+    ]
+    if not filters:
+        return None
+    first, last = _hour_number(time.start), _hour_number(time.end - timedelta(microseconds=1))
+    indexed = {
+        (partition.date, partition.hour)
+        for partition, directory in partition_dirs(store.root, "attribute_index")
+        if first <= partition.epoch_hour() <= last and next(directory.glob("*.parquet"), None) is not None
+    }
+    params: list[object] = []
+    matches = []
+    for key, value in filters:
+        matches.append("(key = ? AND (value = ? OR value IS NULL))")
+        params.extend((key, value))
+    rows = _sql(
+        store,
+        f"SELECT CAST(date AS VARCHAR) AS date, hour, key, value, trace_id FROM attribute_index"
+        f" WHERE {partition_predicate(time)} AND ({' OR '.join(matches)})",
+        params,
+    ).to_pylist()
+    indexed -= set(store.open_hours())  # late data is not indexed yet
+    # Per hour and filter: the traces listed for it, or None (read the hour); no entry: no match.
+    per_filter: dict[tuple[str, int], dict[str, set[str] | None]] = {hour: {} for hour in indexed}
+    for row in rows:
+        hour = (row["date"], row["hour"])
+        if hour not in per_filter:
+            continue
+        listed = per_filter[hour]
+        if row["trace_id"] is None:
+            listed[row["key"]] = None
+        elif _INDEX_TRACE_ID.fullmatch(row["trace_id"]) is None:
+            return None
+        elif row["key"] not in listed or listed[row["key"]] is not None:
+            traces = listed.setdefault(row["key"], set())
+            assert traces is not None
+            traces.add(row["trace_id"])
+    candidates: dict[tuple[str, int], frozenset[str] | None] = {}
+    keys = {key for key, _ in filters}
+    for hour, listed in per_filter.items():
+        if set(listed) != keys:  # some filter's value does not occur in the hour
+            continue
+        sets = [traces for traces in listed.values() if traces is not None]
+        if not sets:
+            candidates[hour] = None
+        elif common := frozenset.intersection(*map(frozenset, sets)):
+            candidates[hour] = common
+    return _IndexPlan(indexed=frozenset(indexed), candidates=candidates)
+
+
+def _hour_number(moment: datetime) -> int:
+    return int(moment.timestamp() // 3600)
+
+
+def _hours_of(time: TimeRange) -> list[tuple[str, int]]:
+    """The (UTC date, hour) partitions that `time` touches."""
+    first, last = _hour_number(time.start), _hour_number(time.end - timedelta(microseconds=1))
+    return [
+        (partition.date, partition.hour)
+        for partition in (Partition.for_hour("spans", hour) for hour in range(first, last + 1))
     ]
 
 
@@ -337,7 +463,7 @@ def service_map(store: Store, *, start: datetime, end: datetime) -> list[Edge]:
             p50_ns=row["percentiles"][0],
             p95_ns=row["percentiles"][1],
         )
-        for row in _sql(store, query, params).to_pylist()
+        for row in _sql(store, query, params, order_joins=True).to_pylist()
     ]
 
 
@@ -440,6 +566,7 @@ def _attributes(pairs: Sequence[tuple[str, str | None]] | None) -> Attributes:
     return result
 
 
-def _sql(store: Store, query: str, params: Sequence[object]) -> pa.Table:
-    """Runs `query` with `?` parameters through the store."""
-    return store.sql(query, params)
+def _sql(store: Store, query: str, params: Sequence[object], *, order_joins: bool = False) -> pa.Table:
+    """Runs `query` with `?` parameters through the store (skipping the join-order optimizer unless
+    the query joins: see `Store.sql`)."""
+    return store.sql(query, params, order_joins=order_joins)

@@ -47,6 +47,7 @@ from typing import Final
 
 import duckdb
 
+from mallard.storage.attribute_index import attribute_index_sql
 from mallard.storage.errors import StorageError
 from mallard.storage.layout import (
     COVERAGE_KEY,
@@ -61,7 +62,7 @@ from mallard.storage.layout import (
     trash_dir,
 )
 from mallard.storage.lock import ReaderLock
-from mallard.storage.schema import ALL_TABLES, COMPACTED_COLUMNS, SCHEMA_VERSION, TABLES
+from mallard.storage.schema import ALL_TABLES, COMPACTED_COLUMNS, DERIVED_TABLES, SCHEMA_VERSION, TABLES
 from mallard.storage.traces import trace_rows_sql
 from mallard.storage.writer import fsync_path
 
@@ -82,6 +83,7 @@ ROW_GROUP_ROWS: Final[dict[str, int]] = {
     "metrics": 122_880,
     "logs": 122_880,
     "traces": 2_048,
+    "attribute_index": 16_384,
 }
 _STAGING_PREFIX: Final = "compact-"
 
@@ -214,10 +216,17 @@ def _compact_partition(
     root, settings, report = run.root, run.settings, run.report
     files = sorted(directory.glob("*.parquet"))
     fresh = [path for path in files if not is_compacted(path)]
-    traces_dir = root / Partition(table="traces", date=partition.date, hour=partition.hour).relative_dir()
-    old_traces = sorted(traces_dir.glob("*.parquet"))
-    needs_traces = partition.table == "spans" and bool(files) and (bool(fresh) or not old_traces)
-    if not fresh and not needs_traces:
+    derived_dirs = {
+        table: root / Partition(table=table, date=partition.date, hour=partition.hour).relative_dir()
+        for table in DERIVED_TABLES
+    }
+    old_derived = {table: sorted(directory.glob("*.parquet")) for table, directory in derived_dirs.items()}
+    # The tables built from spans are built again with new spans, and where they are missing (a store
+    # compacted before a table existed gets it on the next run).
+    needs_derived = (
+        partition.table == "spans" and bool(files) and (bool(fresh) or not all(old_derived.values()))
+    )
+    if not fresh and not needs_derived:
         return
     nonce = secrets.token_hex(4)
     staging = tmp_dir(root) / f"{_STAGING_PREFIX}{nonce}"
@@ -236,12 +245,15 @@ def _compact_partition(
         sources = produced
     trace_rows = 0
     if partition.table == "spans":
-        built, trace_rows = _build_traces(connection, sources, staging / "traces", settings)
-        moves_in += [
-            (path, traces_dir / compacted_file_name(nonce=nonce, index=index))
-            for index, path in enumerate(built)
-        ]
-        moves_out += old_traces
+        for table, derived_dir in derived_dirs.items():
+            built, built_rows = _build_derived(connection, table, sources, staging / table, settings)
+            moves_in += [
+                (path, derived_dir / compacted_file_name(nonce=nonce, index=index))
+                for index, path in enumerate(built)
+            ]
+            moves_out += old_derived[table]
+            if table == "traces":
+                trace_rows = built_rows
     if settings.fsync:
         for path, _ in moves_in:
             fsync_path(path)
@@ -291,20 +303,23 @@ def _merge(
     return _produced(out), rows
 
 
-def _build_traces(
+def _build_derived(
     connection: duckdb.DuckDBPyConnection,
+    table: str,
     spans: Sequence[Path],
     out: Path,
     settings: CompactionSettings,
 ) -> tuple[list[Path], int]:
+    """The rows of `traces` or `attribute_index` for the spans files `spans` (one hour)."""
     metadata = {"mallard.schema_version": str(SCHEMA_VERSION), "mallard.compacted": "true"}
+    build = trace_rows_sql if table == "traces" else attribute_index_sql
     rows = _copy(
         connection,
-        trace_rows_sql(_read(spans)),
+        build(_read(spans)),
         out,
         settings,
         metadata,
-        row_group_rows=ROW_GROUP_ROWS["traces"],
+        row_group_rows=ROW_GROUP_ROWS[table],
     )
     return _produced(out), rows
 
@@ -431,8 +446,9 @@ def _empty_trash(root: Path, now: datetime, grace_s: float) -> int:
 def _apply_retention(run: _Run, retention: Mapping[str, float]) -> None:
     root, now, report = run.root, run.now, run.report
     ages = dict(retention)
-    if "spans" in ages and "traces" not in ages:
-        ages["traces"] = ages["spans"]
+    if "spans" in ages:
+        for derived in DERIVED_TABLES:
+            ages.setdefault(derived, ages["spans"])
     for table, max_age_s in ages.items():
         if table not in ALL_TABLES:
             raise StorageError(f"unknown table {table!r} (tables: {', '.join(ALL_TABLES)})")

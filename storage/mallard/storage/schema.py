@@ -212,7 +212,17 @@ TRACES: Final = pa.schema(
         pa.field("output_tokens", pa.int64()),
     ]
 )
-ALL_TABLES: Final = (*TABLES, "traces")  # the collector's tables and the one compaction builds
+# `attribute_index`, built by compaction from `spans`: which traces of an hour carry the rare values
+# of span attributes (see `mallard.storage.attribute_index`).
+ATTRIBUTE_INDEX: Final = pa.schema(
+    [
+        pa.field("key", pa.string()),
+        pa.field("value", pa.string()),  # NULL: the key is not indexed in this hour
+        pa.field("trace_id", pa.string()),  # NULL: the value is too frequent to list its traces
+    ]
+)
+DERIVED_TABLES: Final = ("traces", "attribute_index")  # built by compaction from `spans`
+ALL_TABLES: Final = (*TABLES, *DERIVED_TABLES)  # the collector's tables and those compaction builds
 
 # Columns that only compacted files have (compaction derives them; collector files lack them, and
 # `mallard.query.Store` reads them as NULL there).
@@ -223,7 +233,11 @@ SERIES_ID_SQL: Final = (
 COMPACTED_COLUMNS: Final[dict[str, dict[str, tuple[pa.DataType, str]]]] = {
     "metrics": {"series_id": (pa.uint64(), SERIES_ID_SQL)},
 }
-ALL_SCHEMAS: Final[dict[str, pa.Schema]] = {**SCHEMAS, "traces": TRACES}
+ALL_SCHEMAS: Final[dict[str, pa.Schema]] = {
+    **SCHEMAS,
+    "traces": TRACES,
+    "attribute_index": ATTRIBUTE_INDEX,
+}
 
 # The column each table is partitioned on (date=/hour= directories).
 PARTITION_TIME_COLUMN: Final[dict[str, str]] = {
