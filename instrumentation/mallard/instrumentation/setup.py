@@ -25,7 +25,6 @@ import logging
 import os
 import threading
 import time
-import urllib.parse
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.util.re import parse_env_headers
 
 PROTOCOLS: Final = ("grpc", "http/protobuf")
 _SIGNAL_PATHS: Final = {"traces": "/v1/traces", "metrics": "/v1/metrics", "logs": "/v1/logs"}
@@ -169,24 +169,14 @@ def _headers(headers: Mapping[str, str] | None, token: str | None) -> dict[str, 
     None leaves the exporters to read the environment themselves."""
     if headers is None and token is None:
         return None
-    merged = (
-        dict(headers)
+    merged = dict(
+        headers
         if headers is not None
-        else _parse_headers(os.environ.get("OTEL_EXPORTER_OTLP_HEADERS", ""))
+        else parse_env_headers(os.environ.get("OTEL_EXPORTER_OTLP_HEADERS", ""), liberal=True)
     )
     if token is not None:
         merged["authorization"] = f"Bearer {token}"
     return merged
-
-
-def _parse_headers(text: str) -> dict[str, str]:
-    """`k1=v1,k2=v2` with URL-encoded values, as the OTLP exporter specification writes them."""
-    result = {}
-    for item in text.split(","):
-        key, sep, value = item.partition("=")
-        if sep and key.strip():
-            result[key.strip().lower()] = urllib.parse.unquote(value.strip())
-    return result
 
 
 def _exporter(signal: str, protocol: str, endpoint: str | None, headers: dict[str, str] | None) -> Any:

@@ -140,8 +140,7 @@ class Store:
             )
             for date, hour in hours
         )
-        files = _parquet_select(self._root, table, f"[{globs}]")
-        return f"({self._views.empty(table)} UNION ALL BY NAME {files})"
+        return f"({self._views.empty(table)} UNION ALL BY NAME {_read_parquet(f'[{globs}]')})"
 
     def _count_retry(self) -> None:
         self.retries += 1
@@ -191,16 +190,20 @@ class TableViews:
                 continue
             source = self._empty[table]
             if has_files:
-                source += f" UNION ALL BY NAME {_parquet_select(self._root, table)}"
+                source += f" UNION ALL BY NAME {_read_parquet(_table_files(self._root, table))}"
             self._connection.execute(f"CREATE OR REPLACE VIEW {table} AS {source}")
             self._has_files[table] = has_files
         for view, (table, columns) in _KEY_VIEWS.items():
             has_files = _has_files(table_dir(self._root, table))
             if self._has_files.get(view) == has_files:
                 continue
-            self._connection.execute(
-                f"CREATE OR REPLACE VIEW {view} AS {_key_select(self._root, table, columns, has_files)}"
+            source = (
+                _read_parquet(_table_files(self._root, table), union_by_name=False)
+                if has_files
+                else self._empty[table]
             )
+            names = ", ".join([*columns, *(name for name, _ in HIVE_COLUMNS)])
+            self._connection.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT {names} FROM ({source})")
             self._has_files[view] = has_files
         self._refresh_traces()
 
@@ -222,7 +225,7 @@ class TableViews:
         hours = hours_predicate(open_hours)
         source = self._empty["traces"]
         if has_rows:
-            built = f"SELECT * FROM ({_parquet_select(self._root, 'traces')})"
+            built = f"SELECT * FROM ({_read_parquet(_table_files(self._root, 'traces'))})"
             source += f" UNION ALL BY NAME {built}" + (f" WHERE NOT ({hours})" if hours else "")
         if hours:
             live = trace_rows_sql(f"(SELECT * FROM spans WHERE {hours})", extra_keys=("date", "hour"))
@@ -312,27 +315,17 @@ def _has_files(directory: Path) -> bool:
     return next(directory.rglob("*.parquet"), None) is not None
 
 
-def _parquet_select(root: Path, table: str, files: str | None = None) -> str:
-    """All columns of `table`'s files: those `files` names (a DuckDB list of globs), else all."""
-    hive_types = ", ".join(f"'{name}': '{sql_type}'" for name, sql_type in HIVE_COLUMNS)
-    source = files if files is not None else _quote(table_glob(root, table))
-    return (
-        f"SELECT * FROM read_parquet({source}, hive_partitioning = true,"
-        f" union_by_name = true, hive_types = {{{hive_types}}})"
-    )
+def _table_files(root: Path, table: str) -> str:
+    """Every file of `table`, as a DuckDB file argument."""
+    return _quote(table_glob(root, table))
 
 
-def _key_select(root: Path, table: str, columns: Sequence[str], has_files: bool) -> str:
-    """The text `columns` and the hive columns of `table`'s files (of none when `has_files` is false)."""
-    if not has_files:
-        casts = [f"CAST(NULL AS VARCHAR) AS {name}" for name in columns]
-        casts += [f"CAST(NULL AS {sql_type}) AS {name}" for name, sql_type in HIVE_COLUMNS]
-        return f"SELECT {', '.join(casts)} WHERE false"
+def _read_parquet(files: str, *, union_by_name: bool = True) -> str:
+    """All columns of the Parquet `files` (a DuckDB file argument: a glob or a list of globs), with
+    the hive columns typed as `HIVE_COLUMNS`."""
     hive_types = ", ".join(f"'{name}': '{sql_type}'" for name, sql_type in HIVE_COLUMNS)
-    names = ", ".join([*columns, *(name for name, _ in HIVE_COLUMNS)])
-    return (
-        f"SELECT {names} FROM read_parquet({_quote(table_glob(root, table))}, hive_partitioning = true,"
-        f" hive_types = {{{hive_types}}})"
+    return f"SELECT * FROM read_parquet({files}, hive_partitioning = true, hive_types = {{{hive_types}}}" + (
+        ", union_by_name = true)" if union_by_name else ")"
     )
 
 

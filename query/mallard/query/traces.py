@@ -327,11 +327,12 @@ def _index_plan(store: Store, time: TimeRange, attributes: Mapping[str, str]) ->
     ]
     if not filters:
         return None
-    first, last = _hour_number(time.start), _hour_number(time.end - timedelta(microseconds=1))
+    in_range = set(_hours_of(time))
     indexed = {
         (partition.date, partition.hour)
         for partition, directory in partition_dirs(store.root, "attribute_index")
-        if first <= partition.epoch_hour() <= last and next(directory.glob("*.parquet"), None) is not None
+        if (partition.date, partition.hour) in in_range
+        and next(directory.glob("*.parquet"), None) is not None
     }
     params: list[object] = []
     matches = []
@@ -351,15 +352,13 @@ def _index_plan(store: Store, time: TimeRange, attributes: Mapping[str, str]) ->
         hour = (row["date"], row["hour"])
         if hour not in per_filter:
             continue
-        listed = per_filter[hour]
-        if row["trace_id"] is None:
-            listed[row["key"]] = None
-        elif _INDEX_TRACE_ID.fullmatch(row["trace_id"]) is None:
+        listed, key, trace_id = per_filter[hour], row["key"], row["trace_id"]
+        if trace_id is None:
+            listed[key] = None
+        elif _INDEX_TRACE_ID.fullmatch(trace_id) is None:
             return None
-        elif row["key"] not in listed or listed[row["key"]] is not None:
-            traces = listed.setdefault(row["key"], set())
-            assert traces is not None
-            traces.add(row["trace_id"])
+        elif (traces := listed.setdefault(key, set())) is not None:
+            traces.add(trace_id)
     candidates: dict[tuple[str, int], frozenset[str] | None] = {}
     keys = {key for key, _ in filters}
     for hour, listed in per_filter.items():

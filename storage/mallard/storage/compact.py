@@ -38,7 +38,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -86,6 +86,11 @@ ROW_GROUP_ROWS: Final[dict[str, int]] = {
     "attribute_index": 16_384,
 }
 _STAGING_PREFIX: Final = "compact-"
+# The SQL that builds each table derived from spans (`DERIVED_TABLES`) from a spans relation.
+_DERIVED_SQL: Final[dict[str, Callable[[str], str]]] = {
+    "traces": trace_rows_sql,
+    "attribute_index": attribute_index_sql,
+}
 
 
 class MaintenanceBusy(StorageError):
@@ -216,16 +221,14 @@ def _compact_partition(
     root, settings, report = run.root, run.settings, run.report
     files = sorted(directory.glob("*.parquet"))
     fresh = [path for path in files if not is_compacted(path)]
+    # The tables built from an hour of spans (none for other tables): built again with new spans, and
+    # where they are missing (a store compacted before a table existed gets it on the next run).
     derived_dirs = {
         table: root / Partition(table=table, date=partition.date, hour=partition.hour).relative_dir()
-        for table in DERIVED_TABLES
+        for table in (_DERIVED_SQL if partition.table == "spans" else ())
     }
     old_derived = {table: sorted(directory.glob("*.parquet")) for table, directory in derived_dirs.items()}
-    # The tables built from spans are built again with new spans, and where they are missing (a store
-    # compacted before a table existed gets it on the next run).
-    needs_derived = (
-        partition.table == "spans" and bool(files) and (bool(fresh) or not all(old_derived.values()))
-    )
+    needs_derived = bool(derived_dirs) and bool(files) and (bool(fresh) or not all(old_derived.values()))
     if not fresh and not needs_derived:
         return
     nonce = secrets.token_hex(4)
@@ -244,16 +247,15 @@ def _compact_partition(
         moves_out += files
         sources = produced
     trace_rows = 0
-    if partition.table == "spans":
-        for table, derived_dir in derived_dirs.items():
-            built, built_rows = _build_derived(connection, table, sources, staging / table, settings)
-            moves_in += [
-                (path, derived_dir / compacted_file_name(nonce=nonce, index=index))
-                for index, path in enumerate(built)
-            ]
-            moves_out += old_derived[table]
-            if table == "traces":
-                trace_rows = built_rows
+    for table, derived_dir in derived_dirs.items():
+        built, built_rows = _build_derived(connection, table, sources, staging / table, settings)
+        moves_in += [
+            (path, derived_dir / compacted_file_name(nonce=nonce, index=index))
+            for index, path in enumerate(built)
+        ]
+        moves_out += old_derived[table]
+        if table == "traces":
+            trace_rows = built_rows
     if settings.fsync:
         for path, _ in moves_in:
             fsync_path(path)
@@ -310,12 +312,11 @@ def _build_derived(
     out: Path,
     settings: CompactionSettings,
 ) -> tuple[list[Path], int]:
-    """The rows of `traces` or `attribute_index` for the spans files `spans` (one hour)."""
+    """The rows of the derived `table` for the spans files `spans` (one hour)."""
     metadata = {"mallard.schema_version": str(SCHEMA_VERSION), "mallard.compacted": "true"}
-    build = trace_rows_sql if table == "traces" else attribute_index_sql
     rows = _copy(
         connection,
-        build(_read(spans)),
+        _DERIVED_SQL[table](_read(spans)),
         out,
         settings,
         metadata,
