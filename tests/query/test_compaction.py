@@ -559,3 +559,13 @@ def test_get_trace_reads_the_hours_that_hold_the_trace_and_survives_a_dropped_ho
         trace = get_trace(store, f"{1:032x}")
         assert trace is not None and [span.span_id for span in trace.spans] == [f"{1:016x}", f"{2:016x}"]
         assert get_trace(store, f"{2:032x}") is None  # all its spans were in 11:00
+
+
+def test_search_without_the_traces_rows_of_a_compacted_hour_finds_no_summaries(root: Path) -> None:
+    """Between retention dropping an hour's `traces` rows and its spans, a search that finds spans of
+    that hour has no hours to read summaries from: it answers no traces instead of failing."""
+    _three_hour_store(root)
+    maintain(root, now=NOW, settings=CompactionSettings(fsync=False))
+    (root / "v1/traces").rename(root / "gone")
+    with Store(root) as store:
+        assert search_traces(store, start=NOW - timedelta(hours=3), end=NOW, service="solo") == []

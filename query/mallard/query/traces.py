@@ -247,8 +247,11 @@ def search_traces(
     chosen = sorted(found, key=lambda trace_id: (-found[trace_id], trace_id))[:limit]
     if not chosen:
         return []
+    # The hours that hold the chosen traces; none when their `traces` rows went meanwhile (retention
+    # drops a spans hour and its `traces` hour one after the other): then no hour term at all.
     hours = hours_predicate(_trace_hours(store, chosen))
-    merged = trace_merge_sql(f"({hours}) AND trace_id IN (" + ", ".join("?" for _ in chosen) + ")")
+    in_hours = f"({hours}) AND " if hours else ""
+    merged = trace_merge_sql(in_hours + "trace_id IN (" + ", ".join("?" for _ in chosen) + ")")
     rows = _sql(
         store,
         "SELECT trace_id, root_service, root_operation, start_time_unix_nano, duration, span_count,"
