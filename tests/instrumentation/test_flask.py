@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import urllib.error
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import MallardServer, wait_for_rows
+from harness import MallardServer, query, wait_for_rows
 
 # The app of every case: three routes that answer, one that raises, one that calls another over HTTP.
 APP = r"""
@@ -341,3 +342,40 @@ def test_zero_code_opentelemetry_instrument(server: MallardServer, tmp_path: Pat
     assert app.returncode == 0, errors
     _check_spans(server, "zero-code", ours=False)
     _check_duration_histogram(server, "zero-code")
+
+
+def test_the_example_app(server: MallardServer) -> None:
+    """`examples/flask_app.py` runs as documented and its `/chain` makes one trace of three spans."""
+    example = Path(__file__).parents[2] / "examples" / "flask_app.py"
+    command = [sys.executable, str(example), "--endpoint", server.grpc_endpoint, "--port", "0"]
+    app = subprocess.Popen(
+        command, env=_clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert app.stdout is not None
+        base = app.stdout.readline().split()[-1]
+        assert base.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(f"{base}/chain", timeout=30) as answer:
+            assert json.loads(answer.read()) == {"downstream": {"id": 7, "name": "item 7"}}
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(f"{base}/boom", timeout=30)
+        assert raised.value.code == 500
+        app.send_signal(signal.SIGINT)  # Ctrl-C: shutdown() flushes
+        _, errors = app.communicate(timeout=60)
+    finally:
+        app.kill()
+    assert app.returncode == 0, errors
+    spans = wait_for_rows(
+        server.data,
+        "SELECT name, kind, status_code, http_status_code FROM spans WHERE service_name = 'shop'"
+        " ORDER BY start_time",
+        4,
+    ).to_pylist()
+    assert [tuple(span.values()) for span in spans] == [
+        ("GET /chain", "SERVER", "UNSET", 200),
+        ("GET", "CLIENT", "UNSET", 200),
+        ("GET /items/<int:item_id>", "SERVER", "UNSET", 200),
+        ("GET /boom", "SERVER", "ERROR", 500),
+    ]
+    traces = query(server.data, "SELECT count(DISTINCT trace_id) FROM spans WHERE service_name = 'shop'")
+    assert traces.column(0).to_pylist() == [2]
