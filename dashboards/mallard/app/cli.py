@@ -22,6 +22,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mallard.app.demo import add_demo_arguments
     from mallard.app.maintenance import add_compact_arguments
     from mallard.app.ui import add_ui_arguments
     from mallard.collector.config import add_arguments
@@ -71,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--compact-interval seconds).",
     )
     add_compact_arguments(compact)
+    demo = commands.add_parser(
+        "demo",
+        help="run sample workloads (Flask services, an LLM app, PyTorch training, a model with labels)",
+        description="Run instrumented sample workloads against a running mallard serve (--endpoint) or "
+        "against one of its own on a temporary store, so that every dashboard has data within a minute.",
+    )
+    add_demo_arguments(demo)
     return parser
 
 
@@ -147,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         from mallard.app.maintenance import run_compact
 
         return run_compact(args)
+    if args.command == "demo":
+        from mallard.app.demo import run_demo
+
+        return run_demo(args)
     if args.command == "shell":
         from mallard.query.shell import run_shell
 
