@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from mallard.collector.pricing import PricingError, load_prices
 from mallard.storage.retention import parse_retention
 
 
@@ -132,6 +133,12 @@ SETTINGS: Final = (
         "whole hours are dropped (empty: keep everything)",
     ),
     Setting(
+        name="prices",
+        parse=_path_or_none,
+        help="TOML price table laid over the built-in one (USD per million tokens per model), which "
+        "prices each LLM span's gen_ai_cost_usd at ingest",
+    ),
+    Setting(
         name="compact_interval",
         parse=float,
         help="seconds between maintenance runs (compaction of closed hours, retention); 0: off",
@@ -167,6 +174,7 @@ class CollectorConfig:
     ui: bool = True
     ui_port: int = 8686
     retention: tuple[tuple[str, float], ...] = ()
+    prices: Path | None = None
     compact_interval: float = 300.0
 
     def validate(self) -> CollectorConfig:
@@ -199,6 +207,11 @@ class CollectorConfig:
         for setting in SETTINGS:
             if setting.choices and getattr(self, setting.name) not in setting.choices:
                 raise ConfigError(f"{setting.name} must be one of {', '.join(setting.choices)}")
+        if self.prices is not None:  # read now, so a bad file stops `mallard serve` before it starts
+            try:
+                load_prices(self.prices)
+            except PricingError as exc:
+                raise ConfigError(f"prices: {exc}") from None
         return self
 
 

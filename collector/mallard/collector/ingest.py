@@ -9,8 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Final
 
-from mallard.collector.arrow import CONVERTERS, Converted, Limits
+from mallard.collector.arrow import Converted, Limits, convert
 from mallard.collector.errors import OverloadedError, PermanentError, StorageUnavailableError
+from mallard.collector.pricing import PriceTable, load_prices
 from mallard.collector.telemetry import SelfMetrics
 from mallard.collector.wal import WriteAheadLog
 
@@ -44,9 +45,12 @@ class Ingest:
         max_queue_bytes: int,
         buffered_bytes: Callable[[], int],
         storage_healthy: Callable[[], bool],
+        prices: PriceTable | None = None,
     ) -> None:
+        """`prices` price the spans' `gen_ai_cost_usd`; None: the built-in table."""
         self._wal = wal
         self._limits = limits
+        self._prices = load_prices() if prices is None else prices
         self._metrics = metrics
         self._max_queue_bytes = max_queue_bytes
         self._buffered_bytes = buffered_bytes
@@ -107,7 +111,7 @@ class Ingest:
         return ExportResult(accepted=rows, rejected=converted.rejected, message=converted.message)
 
     def _convert(self, signal: str, payload: bytes, received: int) -> Converted:
-        return CONVERTERS[signal](payload, limits=self._limits, received_unix_nano=received)
+        return convert(signal, payload, limits=self._limits, prices=self._prices, received_unix_nano=received)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

@@ -16,9 +16,10 @@ from typing import Final
 
 import pyarrow as pa
 
-from mallard.collector.arrow import CONVERTERS, TABLE_OF_SIGNAL, Limits
+from mallard.collector.arrow import TABLE_OF_SIGNAL, Limits, convert
 from mallard.collector.batcher import Sink
 from mallard.collector.errors import PermanentError
+from mallard.collector.pricing import PriceTable, load_prices
 from mallard.collector.wal import WalRecord, WriteAheadLog
 from mallard.storage.layout import Partition, committed_ranges
 from mallard.storage.schema import TABLES
@@ -62,9 +63,14 @@ def recover(
     sink: Sink,
     limits: Limits,
     quarantine: Path,
+    prices: PriceTable | None = None,
 ) -> RecoveryReport:
-    """Replays `wal` into `sink`; afterwards `wal.next_lsn` is set, and every replayed record is committed."""
+    """Replays `wal` into `sink`; afterwards `wal.next_lsn` is set, and every replayed record is committed.
+
+    Records are converted as live ingest converts them, spans priced by `prices` (None: the built-in
+    table)."""
     coverage = _Coverage(root, writer)
+    prices = load_prices() if prices is None else prices
     records = rows = skipped = quarantined = 0
     chunk: list[WalRecord] = []
     chunk_bytes = 0
@@ -74,13 +80,25 @@ def recover(
         chunk_bytes += len(record.payload)
         if chunk_bytes >= _CHUNK_BYTES:
             r, s, q = _commit_chunk(
-                chunk, coverage=coverage, writer=writer, sink=sink, limits=limits, quarantine=quarantine
+                chunk,
+                coverage=coverage,
+                writer=writer,
+                sink=sink,
+                limits=limits,
+                prices=prices,
+                quarantine=quarantine,
             )
             rows, skipped, quarantined = rows + r, skipped + s, quarantined + q
             chunk, chunk_bytes = [], 0
     if chunk:
         r, s, q = _commit_chunk(
-            chunk, coverage=coverage, writer=writer, sink=sink, limits=limits, quarantine=quarantine
+            chunk,
+            coverage=coverage,
+            writer=writer,
+            sink=sink,
+            limits=limits,
+            prices=prices,
+            quarantine=quarantine,
         )
         rows, skipped, quarantined = rows + r, skipped + s, quarantined + q
     if records:
@@ -103,6 +121,7 @@ def _commit_chunk(
     writer: str,
     sink: Sink,
     limits: Limits,
+    prices: PriceTable,
     quarantine: Path,
 ) -> tuple[int, int, int]:
     by_table: dict[str, list[pa.Table]] = defaultdict(list)
@@ -112,8 +131,12 @@ def _commit_chunk(
         lsns.append(record.lsn)
         table = TABLE_OF_SIGNAL[record.signal]
         try:
-            converted = CONVERTERS[record.signal](
-                record.payload, limits=limits, received_unix_nano=record.received_unix_nano
+            converted = convert(
+                record.signal,
+                record.payload,
+                limits=limits,
+                prices=prices,
+                received_unix_nano=record.received_unix_nano,
             )
         except PermanentError as exc:
             quarantined += 1

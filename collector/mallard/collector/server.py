@@ -26,6 +26,7 @@ from mallard.collector.errors import StorageUnavailableError
 from mallard.collector.grpc_receiver import create_grpc_server
 from mallard.collector.http_receiver import OtlpHttpApp
 from mallard.collector.ingest import Ingest
+from mallard.collector.pricing import PriceTable, load_prices
 from mallard.collector.recovery import recover
 from mallard.collector.telemetry import SelfMetrics, to_otlp
 from mallard.collector.wal import FsyncMode, WriteAheadLog, lock_directory
@@ -62,7 +63,9 @@ def _listen_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def _adopt_orphans(config: CollectorConfig, index: int, sink: ParquetSink, limits: Limits) -> None:
+def _adopt_orphans(
+    config: CollectorConfig, index: int, sink: ParquetSink, limits: Limits, prices: PriceTable
+) -> None:
     """Replays and removes the WALs of workers that no longer exist (`--workers` was lowered)."""
     for directory in sorted((config.data / "wal").glob("w*")):
         suffix = directory.name[1:]
@@ -77,6 +80,7 @@ def _adopt_orphans(config: CollectorConfig, index: int, sink: ParquetSink, limit
             sink=sink,
             limits=limits,
             quarantine=config.data / "wal" / "quarantine",
+            prices=prices,
         )
         logger.info("adopted the WAL of %s: %d records", directory.name, report.records)
         shutil.rmtree(directory)
@@ -111,8 +115,12 @@ async def _serve_locked(
     metrics = SelfMetrics()
     limits = Limits(max_attributes=config.max_attributes, max_depth=config.max_attribute_depth)
     sink = ParquetSink(root, settings=ParquetSettings(fsync=config.wal_fsync != "never"))
+    prices = load_prices(config.prices)
+    logger.info(
+        "%s prices LLM spans with price table %s (%d models)", writer, prices.version, len(prices.models)
+    )
     clean_tmp(root, writer)
-    _adopt_orphans(config, index, sink, limits)
+    _adopt_orphans(config, index, sink, limits, prices)
 
     batcher_ref: list[Batcher] = []
 
@@ -125,7 +133,13 @@ async def _serve_locked(
         wal_dir(root, writer), fsync=fsync, segment_bytes=config.wal_segment_bytes, on_commit=on_commit
     )
     report = recover(
-        wal, root=root, writer=writer, sink=sink, limits=limits, quarantine=root / "wal" / "quarantine"
+        wal,
+        root=root,
+        writer=writer,
+        sink=sink,
+        limits=limits,
+        quarantine=root / "wal" / "quarantine",
+        prices=prices,
     )
     metrics.add("mallard_recovered_records_total", report.records)
     wal.start()
@@ -151,6 +165,7 @@ async def _serve_locked(
         max_queue_bytes=config.max_queue_bytes,
         buffered_bytes=lambda: batcher.buffered_bytes,
         storage_healthy=lambda: batcher.healthy and wal.healthy,
+        prices=prices,
     )
     metrics.gauge("mallard_queue_bytes", ingest.queue_bytes)
     metrics.gauge("mallard_wal_bytes", wal.size_bytes)

@@ -66,15 +66,32 @@ SPAN_PROMOTED: Final[dict[str, tuple[pa.DataType, tuple[str, ...]]]] = {
     "http_method": (pa.string(), ("http.request.method", "http.method")),
     "http_route": (pa.string(), ("http.route",)),
     "http_status_code": (pa.int64(), ("http.response.status_code", "http.status_code")),
-    "gen_ai_system": (pa.string(), ("gen_ai.system", "gen_ai.provider.name")),
+    "gen_ai_system": (pa.string(), ("gen_ai.system", "gen_ai.provider.name", "llm.system", "llm.provider")),
     "gen_ai_operation_name": (pa.string(), ("gen_ai.operation.name",)),
     "gen_ai_request_model": (pa.string(), ("gen_ai.request.model",)),
     "gen_ai_response_model": (pa.string(), ("gen_ai.response.model",)),
-    "gen_ai_input_tokens": (pa.int64(), ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens")),
+    "gen_ai_input_tokens": (
+        pa.int64(),
+        ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.token_count.prompt"),
+    ),
     "gen_ai_output_tokens": (
         pa.int64(),
-        ("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens"),
+        ("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens", "llm.token_count.completion"),
     ),
+    # Added within v1 (NULL in older files). Both naming schemes land in the same columns: the OTel
+    # GenAI names (`gen_ai.*`) first, then OpenInference's (`llm.*`). `gen_ai_model` is the model that
+    # served the call, whichever scheme names it; cost and per-model queries read it.
+    "gen_ai_cache_read_input_tokens": (
+        pa.int64(),
+        ("gen_ai.usage.cache_read.input_tokens", "llm.token_count.prompt_details.cache_read"),
+    ),
+    "gen_ai_model": (pa.string(), ("gen_ai.response.model", "gen_ai.request.model", "llm.model_name")),
+}
+
+# Span columns the collector computes from the promoted ones after conversion (the converters leave
+# them NULL; `mallard.collector.pricing` fills them, on live ingest and on WAL replay alike).
+SPAN_COMPUTED: Final[dict[str, pa.DataType]] = {
+    "gen_ai_cost_usd": pa.float64(),
 }
 
 _RESOURCE_AND_SCOPE: Final = [
@@ -104,6 +121,7 @@ SPANS: Final = pa.schema(
         pa.field("status_code", pa.string()),
         pa.field("status_message", pa.string()),
         *(pa.field(name, typ) for name, (typ, _) in SPAN_PROMOTED.items()),
+        *(pa.field(name, typ) for name, typ in SPAN_COMPUTED.items()),
         pa.field("attributes", ATTRIBUTES),
         pa.field("attribute_types", ATTRIBUTES),
         *_RESOURCE_AND_SCOPE,
@@ -210,6 +228,7 @@ TRACES: Final = pa.schema(
         pa.field("services", pa.list_(pa.string())),
         pa.field("input_tokens", pa.int64()),
         pa.field("output_tokens", pa.int64()),
+        pa.field("cost_usd", pa.float64()),  # added within v1
     ]
 )
 # `attribute_index`, built by compaction from `spans`: which traces of an hour carry the rare values

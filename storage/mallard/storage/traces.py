@@ -9,6 +9,9 @@ from __future__ import annotations
 from typing import Final
 
 _ROOT_ORDER: Final = "(coalesce(parent_span_id, '') <> '', start_time_unix_nano, span_id)"
+# Span columns added within v1 that the summary reads: a typed empty relation unioned by name under
+# the spans supplies them (NULL) where the spans files predate them (compaction reads files directly).
+_ADDED_SPAN_COLUMNS: Final = "SELECT CAST(NULL AS DOUBLE) AS gen_ai_cost_usd WHERE false"
 
 
 def trace_rows_sql(spans: str, *, extra_keys: tuple[str, ...] = ()) -> str:
@@ -30,8 +33,9 @@ def trace_rows_sql(spans: str, *, extra_keys: tuple[str, ...] = ()) -> str:
             count(*) FILTER (WHERE status_code = 'ERROR') AS error_count,
             list_sort(list_distinct(list(service_name))) AS services,
             CAST(sum(gen_ai_input_tokens) AS BIGINT) AS input_tokens,
-            CAST(sum(gen_ai_output_tokens) AS BIGINT) AS output_tokens
-        FROM {spans}
+            CAST(sum(gen_ai_output_tokens) AS BIGINT) AS output_tokens,
+            sum(gen_ai_cost_usd) AS cost_usd
+        FROM ({_ADDED_SPAN_COLUMNS} UNION ALL BY NAME SELECT * FROM {spans})
         GROUP BY {keys}
         ORDER BY {keys}
     """
@@ -59,7 +63,8 @@ def trace_merge_sql(where: str = "") -> str:
         CAST(sum(error_count) AS BIGINT) AS error_count,
         list_sort(list_distinct(flatten(list(services)))) AS services,
         CAST(sum(input_tokens) AS BIGINT) AS input_tokens,
-        CAST(sum(output_tokens) AS BIGINT) AS output_tokens
+        CAST(sum(output_tokens) AS BIGINT) AS output_tokens,
+        sum(cost_usd) AS cost_usd
     FROM trace_rows {condition}
     GROUP BY trace_id
 """

@@ -66,6 +66,7 @@ typedef struct {
     PyObject *permanent_error, *kv_from_string, *render_other, *text_of;
     PyObject *s_value, *s_which_oneof, *s_string_value;
     PyObject *kinds, *status_codes;      /* tuples of str */
+    PyObject *computed, *nulls;          /* SPAN_COMPUTED (name -> type), left NULL; pyarrow.nulls */
     PromotedSpec *promoted;
     int npromoted;
     Key *promoted_keys;
@@ -1459,6 +1460,18 @@ static PyObject *build_batch(Ctx *cx) {
         }
         Py_DECREF(array);
     }
+    {   /* computed after conversion (mallard.collector.pricing): NULL here, as in the Python converter */
+        PyObject *name, *type;
+        Py_ssize_t pos = 0;
+        while (PyDict_Next(g.computed, &pos, &name, &type)) {
+            PyObject *array = PyObject_CallFunction(g.nulls, "nO", cx->spans, type);
+            if (!array || PyDict_SetItem(cols, name, array) < 0) {
+                Py_XDECREF(array);
+                goto done;
+            }
+            Py_DECREF(array);
+        }
+    }
     if (put(cols, "attributes", map_array(&cx->attrs.values)) < 0 ||
         put(cols, "attribute_types", map_array(&cx->attrs.types)) < 0 ||
         put(cols, "resource_attributes", map_array(&cx->resource.values)) < 0 ||
@@ -1718,7 +1731,8 @@ static void state_free(State *s) {
                          &s->t_int32, &s->t_timestamp, &s->t_attributes, &s->event_fields,
                          &s->link_fields, &s->schema, &s->names, &s->permanent_error,
                          &s->kv_from_string, &s->render_other, &s->text_of, &s->s_value, &s->s_which_oneof,
-                         &s->s_string_value, &s->kinds, &s->status_codes, &s->promoted_key_objs};
+                         &s->s_string_value, &s->kinds, &s->status_codes, &s->promoted_key_objs,
+                         &s->computed, &s->nulls};
     for (size_t i = 0; i < sizeof(objs) / sizeof(objs[0]); i++) Py_CLEAR(*objs[i]);
     if (s->promoted) {
         for (int c = 0; c < s->npromoted; c++) Py_XDECREF(s->promoted[c].name);
@@ -1822,6 +1836,8 @@ static int load_state(State *s) {
     GET(s->t_string, PyObject_CallMethod(pa, "string", NULL));
     GET(s->t_int64, PyObject_CallMethod(pa, "int64", NULL));
     GET(s->t_int32, PyObject_CallMethod(pa, "int32", NULL));
+    GET(s->nulls, PyObject_GetAttrString(pa, "nulls"));
+    GET(s->computed, import_attr("mallard.storage.schema", "SPAN_COMPUTED"));
     GET(s->t_timestamp, import_attr("mallard.storage.schema", "TIMESTAMP"));
     GET(s->t_attributes, import_attr("mallard.storage.schema", "ATTRIBUTES"));
     GET(event, import_attr("mallard.storage.schema", "EVENT"));
@@ -1842,8 +1858,10 @@ static int load_state(State *s) {
     GET(s->s_which_oneof, PyUnicode_InternFromString("WhichOneof"));
     GET(s->s_string_value, PyUnicode_InternFromString("string_value"));
 #undef GET
-    if (!PyList_Check(s->names) || !PyTuple_Check(s->kinds) || !PyTuple_Check(s->status_codes)) {
-        PyErr_SetString(PyExc_TypeError, "SPANS.names must be a list, KINDS and STATUS_CODES tuples");
+    if (!PyList_Check(s->names) || !PyTuple_Check(s->kinds) || !PyTuple_Check(s->status_codes) ||
+        !PyDict_Check(s->computed)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "SPANS.names must be a list, KINDS and STATUS_CODES tuples, SPAN_COMPUTED a dict");
         goto done;
     }
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(s->kinds); i++)

@@ -21,7 +21,7 @@ from mallard.collector.arrow.attributes import (
 )
 from mallard.collector.arrow.outcome import Converted, Rejections, hex_id
 from mallard.collector.errors import PermanentError
-from mallard.storage.schema import ATTRIBUTE_MAP_COLUMNS, EVENT, LINK, SPAN_PROMOTED, SPANS
+from mallard.storage.schema import ATTRIBUTE_MAP_COLUMNS, EVENT, LINK, SPAN_COMPUTED, SPAN_PROMOTED, SPANS
 
 KINDS: Final = ("UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
 STATUS_CODES: Final = ("UNSET", "OK", "ERROR")
@@ -89,13 +89,14 @@ def _as_int(value: object) -> int | None:
 
 
 _NESTED: Final = frozenset({*ATTRIBUTE_MAP_COLUMNS, "events", "links"})
+_NOT_CONVERTED: Final = _NESTED | SPAN_COMPUTED.keys()  # built apart, or computed after conversion
 
 
 class _SpanColumns:
     """Column lists for the rows of one request."""
 
     def __init__(self) -> None:
-        self.scalars: dict[str, list[object]] = {n: [] for n in SPANS.names if n not in _NESTED}
+        self.scalars: dict[str, list[object]] = {n: [] for n in SPANS.names if n not in _NOT_CONVERTED}
         self.attributes = AttributeColumns()
         self.resources = AttributeColumns()  # one row per resource; `resource_rows` picks per span
         self.resource_rows: list[int] = []
@@ -142,6 +143,8 @@ class _SpanColumns:
         arrays["scope_attributes"], arrays["scope_attribute_types"] = self.scopes.to_arrow(self.scope_rows)
         arrays["events"] = _list_of_structs(self.event_offsets, self.event_rows, self.event_attributes, EVENT)
         arrays["links"] = _list_of_structs(self.link_offsets, self.link_rows, self.link_attributes, LINK)
+        for name, typ in SPAN_COMPUTED.items():
+            arrays[name] = pa.nulls(len(self.resource_rows), typ)
         return pa.RecordBatch.from_arrays([arrays[name] for name in SPANS.names], schema=SPANS)
 
 
