@@ -70,18 +70,18 @@ exec(APP)
 def tag(span, environ):
     span.set_attribute("shop.tenant", environ.get("HTTP_X_TENANT", "none"))
 
-def instrument():
+def instrument(telemetry=None):  # None: through the global providers
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        first = instrument_flask(app, excluded_urls="healthz", request_hook=tag)
+        first = instrument_flask(app, telemetry=telemetry, excluded_urls="healthz", request_hook=tag)
         second = instrument_flask(app)
     return [first, second], [str(w.message) for w in caught]
 
 if args["order"] == "instrument-first":
     done, caught = instrument()
-configure(service_name=args["service"], endpoint=args["endpoint"], metric_interval_s=600)
+telemetry = configure(service_name=args["service"], endpoint=args["endpoint"], metric_interval_s=600)
 if args["order"] == "configure-first":
-    done, caught = instrument()
+    done, caught = instrument(telemetry)
 
 server = serve()
 base = f"http://127.0.0.1:{server.port}"
@@ -215,7 +215,7 @@ def _check_spans(server: MallardServer, service: str, *, ours: bool) -> dict[str
 def _durations(server: MallardServer, service: str, name: str, expected: int) -> list[dict[str, Any]]:
     return wait_for_rows(
         server.data,
-        "SELECT unit, metric_type, count, sum, attributes FROM metrics"
+        "SELECT unit, metric_type, count, sum, explicit_bounds, attributes FROM metrics"
         f" WHERE service_name = '{service}' AND metric_name = '{name}'",
         expected,
     ).to_pylist()
@@ -229,6 +229,22 @@ def _check_duration_histogram(server: MallardServer, service: str) -> None:
     for point in points:
         attributes = dict(point["attributes"])
         assert (point["unit"], point["metric_type"]) == ("s", "histogram")
+        assert point["explicit_bounds"] == [
+            0.005,
+            0.01,
+            0.025,
+            0.05,
+            0.075,
+            0.1,
+            0.25,
+            0.5,
+            0.75,
+            1,
+            2.5,
+            5,
+            7.5,
+            10,
+        ]
         assert 0 < point["sum"] < 30 * point["count"]
         assert attributes.pop("http.request.method") == "GET"
         assert attributes.pop("url.scheme") == "http" and attributes.pop("network.protocol.version") == "1.1"
