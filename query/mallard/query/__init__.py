@@ -1,5 +1,6 @@
-"""SQL over a mallard store: `Store` (DuckDB views `spans`, `metrics`, `logs`), typed trace, metric
-and log queries, a read-only SQL sandbox, result formatting, and `mallard sql` / `mallard shell`."""
+"""SQL over a mallard store: `Store` (DuckDB views `spans`, `metrics`, `logs`), typed trace, metric,
+log, model-quality and LLM-usage queries, a read-only SQL sandbox, result formatting, and
+`mallard sql` / `mallard shell`."""
 
 from __future__ import annotations
 
@@ -7,8 +8,17 @@ from mallard.query.cli import add_sql_arguments, run_sql
 from mallard.query.engine import Store
 from mallard.query.errors import QueryError, SqlRefused, SqlTimeout
 from mallard.query.histograms import exponential_histogram_quantile, histogram_quantile
+from mallard.query.llm import LlmUsage, llm_usage
 from mallard.query.logs import LogEntry, search_logs
 from mallard.query.metrics import MetricInfo, Series, metric_names, metric_series
+from mallard.query.models import (
+    FeatureDrift,
+    ModelQuality,
+    PredictionDistribution,
+    feature_drift,
+    model_quality,
+    prediction_distribution,
+)
 from mallard.query.output import (
     JsonValue,
     format_csv,
@@ -34,6 +44,14 @@ from mallard.query.traces import (
 
 __all__ = [
     "Edge",
+    "FeatureDrift",
+    "LlmUsage",
+    "ModelQuality",
+    "PredictionDistribution",
+    "feature_drift",
+    "llm_usage",
+    "model_quality",
+    "prediction_distribution",
     "LogEntry",
     "MetricInfo",
     "Series",
