@@ -7,6 +7,7 @@ torch is imported inside the functions (`require_torch()`), never when this modu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -91,44 +92,49 @@ def gradient_norm(parameters: Iterable[torch.nn.Parameter]) -> float | None:
     """The total L2 norm of the parameters' gradients, as `torch.nn.utils.clip_grad_norm_` computes
     it; None when no parameter has a gradient. Reads one number back (a device sync on a GPU)."""
     torch = require_torch()
-    grads = [p.grad for p in parameters if p.grad is not None]
+    grads = [p.grad.detach() for p in parameters if p.grad is not None]
     if not grads:
         return None
-    norms = [torch.linalg.vector_norm(g.detach()) for g in grads]
-    if len({n.device for n in norms}) > 1:
-        norms = [n.cpu() for n in norms]
-    return float(torch.linalg.vector_norm(torch.stack(norms)).item())
+    foreach = getattr(torch, "_foreach_norm", None)  # one kernel for all (torch's own clipping uses it)
+    norms = foreach(grads) if foreach is not None else [torch.linalg.vector_norm(g) for g in grads]
+    try:
+        total = torch.linalg.vector_norm(torch.stack(norms))
+    except RuntimeError:  # gradients on several devices
+        total = torch.linalg.vector_norm(torch.stack([n.cpu() for n in norms]))
+    return float(total.item())
 
 
 def value_histogram(tensor: torch.Tensor, bins: int) -> dict[str, Any]:
     """A histogram of the tensor's values in `bins` equal buckets between its min and max, as
-    `ml.distribution.*` attributes: count, min, max, mean, explicit_bounds (the `bins - 1` inner
-    boundaries, OTel's explicit-bucket convention) and bucket_counts (`bins` counts). Non-finite
-    values are counted in `nonfinite` and left out of the buckets."""
+    `ml.distribution.*` attributes: count, min, max, mean and bucket_counts (bucket i holds the values
+    in [min + i·w, min + (i+1)·w), the last one max too, w = (max - min) / bins). Non-finite values
+    are counted in `nonfinite` and left out. Three passes over the values (min/max, mean, bucket
+    index); a fourth only when some value is not finite."""
     torch = require_torch()
-    values = tensor.detach().flatten().float()
-    finite = torch.isfinite(values)
+    values = tensor.detach().flatten()
     count = values.numel()
-    nonfinite = count - int(finite.sum().item())
-    if nonfinite:
-        values = values[finite]
-    attributes: dict[str, Any] = {"ml.distribution.count": count, "ml.distribution.nonfinite": nonfinite}
-    if values.numel() == 0:
+    attributes: dict[str, Any] = {"ml.distribution.count": count, "ml.distribution.nonfinite": 0}
+    if count == 0:
         return attributes
     low, high = (float(v) for v in torch.aminmax(values))
-    counts = torch.histc(values, bins=bins, min=low, max=high) if high > low else None
-    step = (high - low) / bins
+    if not (math.isfinite(low) and math.isfinite(high)):  # a NaN or an infinity among them
+        values = values[torch.isfinite(values)]
+        attributes["ml.distribution.nonfinite"] = count - values.numel()
+        if values.numel() == 0:
+            return attributes
+        low, high = (float(v) for v in torch.aminmax(values))
+    width = (high - low) / bins
+    if width > 0:
+        index = values.sub(low).mul_(1 / width).to(torch.int32).clamp_(0, bins - 1)
+        counts = [int(c) for c in torch.bincount(index, minlength=bins).tolist()]
+    else:
+        counts = [values.numel()] + [0] * (bins - 1)
     attributes.update(
         {
             "ml.distribution.min": low,
             "ml.distribution.max": high,
-            "ml.distribution.mean": float(values.mean().item()),
-            "ml.distribution.explicit_bounds": [low + step * i for i in range(1, bins)],
-            "ml.distribution.bucket_counts": (
-                [int(c) for c in counts.tolist()]
-                if counts is not None
-                else [values.numel()] + [0] * (bins - 1)
-            ),
+            "ml.distribution.mean": float(values.float().mean().item()),
+            "ml.distribution.bucket_counts": counts,
         }
     )
     return attributes

@@ -4,10 +4,13 @@ OpenTelemetry's global providers (the ones `configure()` sets up)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry import _logs, context, metrics, trace
 from opentelemetry._logs import LogRecord, SeverityNumber
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Span, Status, StatusCode
 
 from mallard.instrumentation.tensors import cuda_memory, cuda_utilization, value_histogram
@@ -27,8 +30,13 @@ GPU_MEMORY: Final = {
     "ml.gpu.memory.reserved": "GPU memory held by torch's caching allocator (torch.cuda.memory_reserved)",
     "ml.gpu.memory.max_allocated": "Peak GPU memory held by tensors (torch.cuda.max_memory_allocated)",
 }
+GAUGES: Final = (
+    ("ml.training.loss", "1", "Training loss"),
+    ("ml.training.learning_rate", "1", "Learning rate (parameter group 0)"),
+    ("ml.training.grad_norm", "1", "Total L2 norm of the gradients"),
+    ("ml.training.throughput", "{sample}/s", "Training samples per second"),
+)
 SEVERITY_TEXT: Final = {SeverityNumber.INFO: "INFO", SeverityNumber.WARN: "WARNING"}  # as Python logging
-GPU_UTILIZATION_INTERVAL_NS: Final = 1_000_000_000  # NVML is slow to ask: at most once a second
 
 
 class StepRecord:
@@ -54,7 +62,7 @@ class StepRecord:
         self.epoch: int | None = None
         self.learning_rate: float | None = None
         self.grad_norm: float | None = None
-        self.window: tuple[int, int, int, int] | None = None  # steps, samples, ns, wait ns
+        self.window: tuple[int, int] | None = None  # samples, ns since the previous sampled step
 
 
 class RunSignals:
@@ -71,48 +79,65 @@ class RunSignals:
         self._base = {"ml.run.id": run.run_id, "ml.run.name": run.name}
         self._cuda: torch.device | None = run.device if run.device.type == "cuda" else None
         self._gpu_base = {**self._base, "hw.id": str(attributes["ml.device"]), "hw.type": "gpu"}
-        self._next_utilization_ns = 0
-        meter = metrics.get_meter(scope)
-        self.steps = meter.create_counter("ml.training.steps", unit="{step}", description="Training steps")
-        self.samples = meter.create_counter(
-            "ml.training.samples", unit="{sample}", description="Training samples processed"
-        )
-        self.step_time = meter.create_counter(
-            "ml.training.step.time", unit="s", description="Time spent in training steps"
-        )
-        self.wait_time = meter.create_counter(
-            "ml.training.data_wait.time", unit="s", description="Time spent waiting for the data loader"
-        )
+        self.ended = False
+        self.last: dict[str, float] = {}  # gauge name -> value at the last sampled step
+        meter = metrics.get_meter(scope, attributes={"ml.run.id": run.run_id})  # a meter per run
         self.step_duration = meter.create_histogram(
             "ml.training.step.duration",
             unit="s",
             description="Duration of the sampled training steps",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
-        self.wait_duration = meter.create_histogram(
-            "ml.training.data_wait.duration",
-            unit="s",
-            description="Data-loader wait of the sampled training steps",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
-        self.loss = meter.create_gauge("ml.training.loss", unit="1", description="Training loss")
-        self.learning_rate = meter.create_gauge(
-            "ml.training.learning_rate", unit="1", description="Learning rate (parameter group 0)"
-        )
-        self.grad_norm = meter.create_gauge(
-            "ml.training.grad_norm", unit="1", description="Total L2 norm of the gradients"
-        )
-        self.throughput = meter.create_gauge(
-            "ml.training.throughput", unit="{sample}/s", description="Training samples per second"
-        )
-        if self._cuda is not None:
-            self.gpu_memory = {
-                key: meter.create_gauge(key, unit="By", description=description)
-                for key, description in GPU_MEMORY.items()
-            }
-            self.gpu_utilization = meter.create_gauge(
-                "hw.gpu.utilization", unit="1", description="GPU utilisation (0..1)"
+        # read at each collection (nothing per step): the run's totals and the last sampled values
+        for name, unit, description, read in (
+            ("ml.training.steps", "{step}", "Training steps", lambda: run.steps),
+            ("ml.training.samples", "{sample}", "Training samples processed", lambda: run.samples),
+            ("ml.training.step.time", "s", "Time spent in training steps", lambda: run.step_ns / 1e9),
+        ):
+            meter.create_observable_counter(name, [self._observer(read)], unit, description)
+        if run.observes_loader:
+            meter.create_observable_counter(
+                "ml.training.data_wait.time",
+                [self._observer(lambda: run.wait_ns_total / 1e9)],
+                "s",
+                "Time spent waiting for the data loader",
             )
+        for name, unit, description in GAUGES:
+            meter.create_observable_gauge(
+                name, [self._observer(partial(self.last.get, name))], unit, description
+            )
+        if self._cuda is not None:
+            cuda = self._cuda
+            for name, description in GPU_MEMORY.items():
+                meter.create_observable_gauge(
+                    name,
+                    [self._observer(partial(_memory, cuda, name), self._gpu_base)],
+                    "By",
+                    description,
+                )
+            meter.create_observable_gauge(
+                "hw.gpu.utilization",
+                [self._observer(lambda: cuda_utilization(cuda), self._gpu_base)],
+                "1",
+                "GPU utilisation (0..1), from NVML",
+            )
+
+    def _observer(
+        self, read: Callable[[], float | None], attributes: dict[str, str] | None = None
+    ) -> Callable[[CallbackOptions], list[Observation]]:
+        """A callback reporting `read()` (nothing when None) until the collection after the run ended."""
+        labels = attributes or self._base
+        finished = False
+
+        def observe(options: CallbackOptions) -> list[Observation]:
+            nonlocal finished
+            if finished:
+                return []
+            finished = self.ended
+            value = read()
+            return [] if value is None else [Observation(value, labels)]
+
+        return observe
 
     # spans -------------------------------------------------------------------------------------
 
@@ -134,6 +159,7 @@ class RunSignals:
             self.run_span.record_exception(error)
             self.run_span.set_status(Status(StatusCode.ERROR, f"{type(error).__qualname__}: {error}"))
         self.run_span.end()
+        self.ended = True
 
     def step(self, record: StepRecord, sampled: bool, alarm: bool, waits: bool) -> None:
         """The step span (created after the fact, with the step's own start and end), the metric points
@@ -169,34 +195,16 @@ class RunSignals:
             self._nonfinite(span, record)
         span.end(end_time=end_wall)
         if sampled:
-            self._record_step_metrics(record, attributes, gpu, waits)
+            self._record_step_metrics(record, attributes)
 
-    def _record_step_metrics(
-        self, record: StepRecord, attributes: dict[str, Any], gpu: dict[str, int], waits: bool
-    ) -> None:
-        base = self._base
-        self.step_duration.record(record.duration_ns / 1e9, base)
-        if waits:
-            self.wait_duration.record(record.wait_ns / 1e9, base)
+    def _record_step_metrics(self, record: StepRecord, attributes: dict[str, Any]) -> None:
+        self.step_duration.record(record.duration_ns / 1e9, self._base)
         window = record.window
-        if window is not None and window[1] and window[2]:
-            self.throughput.set(window[1] / (window[2] / 1e9), base)
-        for key, gauge in (
-            ("ml.training.loss", self.loss),
-            ("ml.training.learning_rate", self.learning_rate),
-            ("ml.training.grad_norm", self.grad_norm),
-        ):
-            if key in attributes:
-                gauge.set(attributes[key], base)
-        if self._cuda is not None:
-            for key, value in gpu.items():
-                self.gpu_memory[key].set(value, self._gpu_base)
-            now = time.monotonic_ns()
-            if now >= self._next_utilization_ns:
-                self._next_utilization_ns = now + GPU_UTILIZATION_INTERVAL_NS
-                utilization = cuda_utilization(self._cuda)
-                if utilization is not None:
-                    self.gpu_utilization.set(utilization, self._gpu_base)
+        if window is not None and window[0] and window[1]:
+            self.last["ml.training.throughput"] = window[0] / (window[1] / 1e9)
+        for name in ("ml.training.loss", "ml.training.learning_rate", "ml.training.grad_norm"):
+            if name in attributes:
+                self.last[name] = attributes[name]
 
     def _nonfinite(self, span: Span, record: StepRecord) -> None:
         attributes: dict[str, Any] = {**self._base, "ml.step": record.step, "ml.training.loss": record.loss}
@@ -213,15 +221,6 @@ class RunSignals:
         )
 
     # metrics and events ------------------------------------------------------------------------
-
-    def add_counts(self, window: tuple[int, int, int, int], waits: bool) -> None:
-        steps, samples, step_ns, wait_ns = window
-        self.steps.add(steps, self._base)
-        if samples:
-            self.samples.add(samples, self._base)
-        self.step_time.add(step_ns / 1e9, self._base)
-        if waits:
-            self.wait_time.add(wait_ns / 1e9, self._base)
 
     def distributions(self, model: torch.nn.Module, step: int, bins: int) -> None:
         """One `ml.training.distribution` log record per parameter tensor and per gradient."""
@@ -266,3 +265,7 @@ class RunSignals:
                 event_name=event,
             )
         )
+
+
+def _memory(device: torch.device, name: str) -> float:
+    return cuda_memory(device)[name]
