@@ -186,6 +186,29 @@ def wait_for_rows(data: Path, sql: str, expected: int, timeout: float = 30) -> p
         time.sleep(0.1)
 
 
+def env_without_otel(**extra: str) -> dict[str, str]:
+    """This process's environment without its `OTEL_*` variables, plus `extra`: what a child that
+    sets up OpenTelemetry itself should see."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    return {**clean, **extra}
+
+
+def run_python(script: str, *args: str, env: dict[str, str] | None = None) -> str:
+    """Runs `script` (`python -c`) in a fresh interpreter, with `env_without_otel(**env)`, and returns
+    its stdout; fails the test when it exits non-zero. OpenTelemetry's providers are process-global,
+    so each instrumented case runs in its own interpreter."""
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        env=env_without_otel(**(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def run_cli(args: Sequence[str], *, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mallard.app.cli", *args],

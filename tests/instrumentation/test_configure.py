@@ -7,14 +7,11 @@ OpenTelemetry's providers are process-global, so each case runs in a fresh inter
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import MallardServer, start_server, wait_for_rows
+from harness import MallardServer, run_python, start_server, wait_for_rows
 
 CHILD = r"""
 import json, logging, sys, warnings
@@ -51,17 +48,7 @@ def server(tmp_path: Path) -> Iterator[MallardServer]:
 
 
 def _child(kwargs: dict[str, object], env: dict[str, str] | None = None) -> list[dict[str, object]]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    result = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(kwargs)],
-        env={**clean, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return [json.loads(line) for line in result.stdout.splitlines()]
+    return [json.loads(line) for line in run_python(CHILD, json.dumps(kwargs), env=env).splitlines()]
 
 
 def _check_store(server: MallardServer, trace_id: str, service: str) -> None:

@@ -8,7 +8,6 @@ the app in a fresh interpreter.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import MallardServer, query, wait_for_rows
+from harness import MallardServer, env_without_otel, query, run_python, wait_for_rows
 
 # The app of every case: three routes that answer, one that raises, one that calls another over HTTP.
 APP = r"""
@@ -119,22 +118,9 @@ STATUSES = {
 }
 
 
-def _clean_env(**extra: str) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    return {**clean, **extra}
-
-
 def _child(args: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, "-c", CHILD.replace("exec(APP)", f"exec({APP!r})"), json.dumps(args)],
-        env=_clean_env(**(env or {})),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    out: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
+    script = CHILD.replace("exec(APP)", f"exec({APP!r})")
+    out: dict[str, Any] = json.loads(run_python(script, json.dumps(args), env=env).splitlines()[-1])
     assert out["statuses"] == STATUSES
     return out
 
@@ -331,7 +317,7 @@ def test_zero_code_opentelemetry_instrument(server: MallardServer, tmp_path: Pat
     script = tmp_path / "app.py"
     script.write_text(ZERO_CODE.replace("exec(APP)", APP))
     command = [str(Path(sys.executable).parent / "opentelemetry-instrument"), sys.executable, str(script)]
-    env = _clean_env(
+    env = env_without_otel(
         OTEL_SERVICE_NAME="zero-code",
         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://{server.grpc_endpoint}",
         OTEL_SEMCONV_STABILITY_OPT_IN="http",
@@ -365,7 +351,7 @@ def test_the_example_app(server: MallardServer) -> None:
     example = Path(__file__).parents[2] / "examples" / "flask_app.py"
     command = [sys.executable, str(example), "--endpoint", server.grpc_endpoint, "--port", "0"]
     app = subprocess.Popen(
-        command, env=_clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command, env=env_without_otel(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
         assert app.stdout is not None

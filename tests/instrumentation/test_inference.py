@@ -4,12 +4,9 @@ interpreter (OpenTelemetry's providers are process-global) exporting to a real `
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-from harness import MallardServer, query, wait_for_rows
+from harness import MallardServer, query, run_python, wait_for_rows
 
 pytest.importorskip("torch")
 
@@ -43,17 +40,7 @@ shutdown()
 
 
 def test_latency_batch_size_and_errors_are_recorded(server: MallardServer) -> None:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    result = subprocess.run(
-        [sys.executable, "-c", CHILD, server.grpc_endpoint],
-        env=clean,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout.splitlines()[-1])
+    out = json.loads(run_python(CHILD, server.grpc_endpoint).splitlines()[-1])
     assert out == {"outputs": [1, 2, 3, 4, 5], "raised": True, "twice": "refused", "calls": 6}
 
     # spans: every second call, and the failing one

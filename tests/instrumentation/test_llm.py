@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import MallardServer, start_server, wait_for_rows
+from harness import MallardServer, run_python, start_server, wait_for_rows
 
 from mallard.instrumentation.llm import (
     DURATION_BUCKETS,
@@ -88,17 +85,7 @@ SPANS_SQL = """
 
 
 def _run_app(server: MallardServer) -> dict[str, Any]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    result = subprocess.run(
-        [sys.executable, "-c", CHILD, server.grpc_endpoint],
-        env=clean,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    out: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
+    out: dict[str, Any] = json.loads(run_python(CHILD, server.grpc_endpoint).splitlines()[-1])
     assert out["raised"] is True
     return out
 

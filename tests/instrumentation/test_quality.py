@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from harness import MallardServer, wait_for_rows
+from harness import MallardServer, run_python, wait_for_rows
 
 from mallard.instrumentation.quality import MAX_FEATURES, log_label, log_prediction
 from mallard.query import Store
@@ -59,17 +56,7 @@ shutdown()
 
 
 def _child(script: str, job: dict[str, Any]) -> str:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    result = subprocess.run(
-        [sys.executable, "-c", script, json.dumps(job)],
-        env=clean,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
+    return run_python(script, json.dumps(job)).strip()
 
 
 def _predictions() -> list[dict[str, Any]]:

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import MallardServer, query, wait_for_rows
+from harness import MallardServer, query, run_python, wait_for_rows
 
 pytest.importorskip("torch")
 
@@ -91,17 +88,7 @@ def _train(server: MallardServer, tmp_path: Path, **overrides: Any) -> dict[str,
         "dir": str(tmp_path),
         **overrides,
     }
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    result = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(args)],
-        env=clean,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    seen: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
+    seen: dict[str, Any] = json.loads(run_python(CHILD, json.dumps(args)).splitlines()[-1])
     return seen
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -55,6 +55,20 @@ class _Coverage:
         return any(first <= lsn <= last for first, last in self._ranges.get(partition, ()))
 
 
+def _chunks(replayed: Iterable[WalRecord]) -> Iterator[list[WalRecord]]:
+    """The replayed records in runs of about `_CHUNK_BYTES` of payload (the last one may be smaller)."""
+    chunk: list[WalRecord] = []
+    chunk_bytes = 0
+    for record in replayed:
+        chunk.append(record)
+        chunk_bytes += len(record.payload)
+        if chunk_bytes >= _CHUNK_BYTES:
+            yield chunk
+            chunk, chunk_bytes = [], 0
+    if chunk:
+        yield chunk
+
+
 def recover(
     wal: WriteAheadLog,
     *,
@@ -72,25 +86,8 @@ def recover(
     coverage = _Coverage(root, writer)
     prices = load_prices() if prices is None else prices
     records = rows = skipped = quarantined = 0
-    chunk: list[WalRecord] = []
-    chunk_bytes = 0
-    for record in wal.replay(min_next_lsn=coverage.max_lsn + 1):
-        records += 1
-        chunk.append(record)
-        chunk_bytes += len(record.payload)
-        if chunk_bytes >= _CHUNK_BYTES:
-            r, s, q = _commit_chunk(
-                chunk,
-                coverage=coverage,
-                writer=writer,
-                sink=sink,
-                limits=limits,
-                prices=prices,
-                quarantine=quarantine,
-            )
-            rows, skipped, quarantined = rows + r, skipped + s, quarantined + q
-            chunk, chunk_bytes = [], 0
-    if chunk:
+    for chunk in _chunks(wal.replay(min_next_lsn=coverage.max_lsn + 1)):
+        records += len(chunk)
         r, s, q = _commit_chunk(
             chunk,
             coverage=coverage,

@@ -38,6 +38,7 @@ from typing import Final
 WORKLOADS: Final = ("shop", "llm", "training", "model")
 _READY: Final = re.compile(r"ready grpc=(?P<grpc>\S+) http=\S+ .*?(?: ui=(?P<ui>\S+))?$")
 _PROG: Final = "mallard demo"
+SKIPPED: Final = 3  # a workload's exit status when its optional packages are missing
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,14 +121,11 @@ def run_demo(args: argparse.Namespace) -> int:
         if server is not None and server.process.poll() is None:
             server.process.send_signal(signal.SIGTERM)
             server.process.wait(timeout=120)
-    failed = [name for name, code in codes.items() if code not in (0, _SKIPPED)]
+    failed = [name for name, code in codes.items() if code not in (0, SKIPPED)]
     if failed:
         print(f"{_PROG}: error: workloads failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
-
-
-_SKIPPED: Final = 3  # a workload's exit status when its optional packages are missing
 
 
 def _start_server(data: Path, ui_port: int, token: str | None) -> _Server:

@@ -24,9 +24,9 @@ from typing import Any, Final
 
 from opentelemetry import propagate, trace
 
+from mallard.app.demo import SKIPPED
 from mallard.instrumentation import configure, shutdown
 
-SKIPPED: Final = 3
 METRIC_INTERVAL_S: Final = 5.0  # so the metric dashboards fill within the demo's first minute
 logger = logging.getLogger("mallard.demo")
 

@@ -88,19 +88,8 @@ def log_prediction(
     if segment is not None:
         attributes[SEGMENT] = _text("segment", segment)
     attributes.update(_features(features or {}))
-    when = _timestamp(timestamp)
-    _logs.get_logger(_SCOPE).emit(
-        timestamp=when,
-        observed_timestamp=time.time_ns(),
-        context=context.get_current(),
-        severity_number=SeverityNumber.INFO,
-        event_name=PREDICTION_EVENT,
-        attributes=attributes,
-    )
-    counter = metrics.get_meter(_SCOPE).create_counter(
-        PREDICTIONS_COUNTER, unit="{prediction}", description="Predictions logged by log_prediction()"
-    )
-    counter.add(1, {MODEL_NAME: model, MODEL_VERSION: version})
+    _emit(PREDICTION_EVENT, attributes, _timestamp(timestamp))
+    _count(PREDICTIONS_COUNTER, "{prediction}", {MODEL_NAME: model, MODEL_VERSION: version})
 
 
 def log_label(
@@ -116,18 +105,32 @@ def log_label(
     }
     if model is not None:
         attributes[MODEL_NAME] = _text("model", model)
+    _emit(LABEL_EVENT, attributes, _timestamp(timestamp))
+    _count(LABELS_COUNTER, "{label}", {MODEL_NAME: model} if model is not None else {})
+
+
+_DESCRIPTIONS: Final = {
+    PREDICTIONS_COUNTER: "Predictions logged by log_prediction()",
+    LABELS_COUNTER: "Labels logged by log_label()",
+}
+
+
+def _emit(event: str, attributes: dict[str, FeatureValue], timestamp: int) -> None:
+    """One INFO event record in the current context (so it carries the current trace and span)."""
     _logs.get_logger(_SCOPE).emit(
-        timestamp=_timestamp(timestamp),
+        timestamp=timestamp,
         observed_timestamp=time.time_ns(),
         context=context.get_current(),
         severity_number=SeverityNumber.INFO,
-        event_name=LABEL_EVENT,
+        event_name=event,
         attributes=attributes,
     )
-    counter = metrics.get_meter(_SCOPE).create_counter(
-        LABELS_COUNTER, unit="{label}", description="Labels logged by log_label()"
+
+
+def _count(name: str, unit: str, attributes: dict[str, str]) -> None:
+    metrics.get_meter(_SCOPE).create_counter(name, unit=unit, description=_DESCRIPTIONS[name]).add(
+        1, attributes
     )
-    counter.add(1, {MODEL_NAME: model} if model is not None else {})
 
 
 def _text(name: str, value: object) -> str:
