@@ -10,6 +10,7 @@ import json
 import os
 import random
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +25,14 @@ from otlp_values import kv
 
 from mallard.query import QueryError, Store, get_trace, metric_series, search_traces
 from mallard.storage.compact import CompactionSettings, maintain
-from mallard.storage.layout import committed_ranges, journal_dir, tmp_dir, trash_dir
+from mallard.storage.layout import (
+    committed_ranges,
+    directory_coverage,
+    journal_dir,
+    merge_ranges,
+    tmp_dir,
+    trash_dir,
+)
 from mallard.storage.schema import SCHEMAS
 from mallard.storage.writer import ParquetSettings, ParquetSink
 
@@ -361,6 +369,46 @@ def test_compaction_and_retention_under_concurrent_queries_and_ingest(root: Path
             for row in store.sql("SELECT trace_id, span_count FROM traces").to_pylist()
         }
         assert summary == {row["trace_id"]: row["n"] for row in spans_per_trace}
+
+
+def test_coverage_reads_survive_compacted_files_replaced_while_they_are_listed(root: Path) -> None:
+    """Flushes check coverage without the reader lock: a compacted file replaced between the
+    listing and the footer read must not fail the flush nor hide the range it held."""
+    directory = root / "v1" / "spans" / "date=2026-11-22" / "hour=09"
+    directory.mkdir(parents=True)
+    table = pa.Table.from_pylist([], schema=SCHEMAS["spans"])
+
+    def compacted(index: int) -> Path:
+        staged = root / f"staged-{index}.parquet"
+        coverage = json.dumps({"w0": [[1, 5 + index]]}).encode()
+        pq.write_table(table.replace_schema_metadata({b"mallard.wal_coverage": coverage}), staged)
+        return staged
+
+    staged = [compacted(index) for index in range(2)]
+    current = directory / "c-a-000.parquet"
+    os.link(staged[0], current)
+    stop = threading.Event()
+    swaps = 0
+
+    def replace() -> None:  # as `compact._publish` does: the successor in, then the old file out
+        nonlocal current, swaps
+        while not stop.is_set():
+            swaps += 1
+            successor = directory / f"c-{swaps:x}-000.parquet"
+            os.link(staged[swaps % 2], successor)
+            os.unlink(current)
+            current = successor
+            time.sleep(0.0002)  # far more often than any compaction publishes
+
+    thread = threading.Thread(target=replace)
+    thread.start()
+    try:
+        seen = [merge_ranges(directory_coverage(directory)["w0"]) for _ in range(1500)]
+    finally:
+        stop.set()
+        thread.join()
+    assert swaps > 100
+    assert all(ranges in ([(1, 5)], [(1, 6)]) for ranges in seen), seen
 
 
 def test_queries_do_not_fail_when_a_file_vanishes_without_the_lock(root: Path) -> None:

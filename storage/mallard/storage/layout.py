@@ -38,6 +38,7 @@ COMPACTED_PREFIX: Final = "c-"
 # Footer key of a compacted file: JSON `{"<writer>": [[first_lsn, last_lsn], ...]}` of the WAL ranges
 # of every collector file it replaced (directly or through an earlier compacted file).
 COVERAGE_KEY: Final = b"mallard.wal_coverage"
+_COVERAGE_ATTEMPTS: Final = 20
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -152,12 +153,17 @@ def parse_part_file(path: Path, table: str) -> PartFile | None:
 
 
 def read_coverage(path: Path) -> dict[str, list[tuple[int, int]]]:
-    """The WAL ranges a compacted file's footer records, by writer. Raises StorageError."""
+    """The WAL ranges a compacted file's footer records, by writer. Raises StorageError, or
+    FileNotFoundError when the file is gone (a compaction replaced it since it was listed)."""
+    if not path.exists():
+        raise FileNotFoundError(path)
     try:
         metadata = pq.read_metadata(path).metadata or {}
         raw = json.loads(metadata.get(COVERAGE_KEY, b"{}"))
         return {str(writer): [(int(a), int(b)) for a, b in ranges] for writer, ranges in raw.items()}
     except (OSError, ValueError, TypeError) as exc:
+        if not path.exists():
+            raise FileNotFoundError(path) from exc
         raise StorageError(f"cannot read the WAL coverage of {path}: {exc}") from exc
 
 
@@ -173,8 +179,20 @@ def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def directory_coverage(directory: Path) -> dict[str, list[tuple[int, int]]]:
-    """The committed WAL ranges, by writer, of the files in one partition directory."""
-    return files_coverage(directory.glob("*.parquet"))
+    """The committed WAL ranges, by writer, of the files in one partition directory.
+
+    Compaction may replace files while this reads them, without the reader lock. It moves its new
+    files in before it moves the replaced ones out, so when a listed compacted file has gone, a fresh
+    listing holds its successor: the directory is listed again until one pass reads every file."""
+    for _ in range(_COVERAGE_ATTEMPTS - 1):
+        try:
+            return files_coverage(directory.glob("*.parquet"))
+        except FileNotFoundError:
+            continue
+    try:
+        return files_coverage(directory.glob("*.parquet"))
+    except FileNotFoundError as exc:
+        raise StorageError(f"files of {directory} kept vanishing while their WAL coverage was read") from exc
 
 
 def files_coverage(paths: Iterable[Path]) -> dict[str, list[tuple[int, int]]]:
