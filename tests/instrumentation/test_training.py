@@ -30,7 +30,7 @@ optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
 data = torch.utils.data.TensorDataset(torch.randn(44, 8), torch.randint(0, 3, (44,)))
 loader = torch.utils.data.DataLoader(data, batch_size=8)  # 6 batches: 5 of 8, 1 of 4
-settings = {"sample_every": args["sample_every"], "distributions_every": args["distributions_every"]}
+settings = {key: args[key] for key in ("sample_every", "distributions_every", "overhead_budget")}
 params = {"lr": 0.1, "batch_size": 8, "optimizer": "SGD"}
 auto = args["mode"] == "auto"
 if auto:  # an unmodified loop, plus log_loss() and checkpoint()
@@ -84,6 +84,7 @@ def _train(server: MallardServer, tmp_path: Path, **overrides: Any) -> dict[str,
         "mode": "manual",
         "sample_every": 1,
         "distributions_every": 6,
+        "overhead_budget": None,  # the exact spacing asked for, whatever it costs
         "nan_step": 8,
         "dir": str(tmp_path),
         **overrides,
@@ -257,3 +258,93 @@ def test_automatic_mode_observes_an_unmodified_loop(server: MallardServer, tmp_p
     (wait_total,) = _points(server, "ml.training.data_wait.time", seen["run_id"], "value")
     (step_time,) = _points(server, "ml.training.step.time", seen["run_id"], "value")
     assert 0 < wait_total < step_time
+
+
+SWEEP = r"""
+import json, sys
+import torch
+from opentelemetry import metrics
+from mallard.instrumentation import configure, shutdown
+from mallard.instrumentation.training import training_run
+from mallard.instrumentation.training_signals import Instruments
+
+args = json.loads(sys.argv[1])
+configure(service_name="sweep", endpoint=args["endpoint"], metric_interval_s=60)
+torch.manual_seed(3)
+runs = []
+for trial in range(3):  # a small sweep: one process, one run after the other
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(16, 4), torch.randn(16, 2)
+    # asked for the densest spacing; the default budget spaces it out on these ~0.1 ms steps
+    with training_run(model, optimizer, name=f"trial-{trial}", sample_every=1, distributions_every=1) as run:
+        for _ in range(args["steps"]):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            optimizer.step()
+            run.step(loss=loss, batch_size=16)
+    runs.append({
+        "run_id": run.run_id, "sampled": run.sampled_steps, "passes": run.distribution_passes,
+        "telemetry_ns": run.telemetry_ns, "step_ns": run.step_ns,
+    })
+metrics.get_meter_provider().force_flush()  # a collection: the ended runs' last report
+print(json.dumps({"runs": runs, "waiting": len(Instruments.get()._runs)}))
+shutdown()
+"""
+SWEEP_STEPS = 3000
+
+
+def test_the_overhead_budget_spaces_the_periodic_work_and_runs_share_the_instruments(
+    server: MallardServer,
+) -> None:
+    out = json.loads(run_python(SWEEP, json.dumps({"endpoint": server.grpc_endpoint, "steps": SWEEP_STEPS})))
+    assert out["waiting"] == 0  # ended runs are dropped once reported: a sweep keeps no model alive
+    for run in out["runs"]:
+        run_id = run["run_id"]
+        # spaced out: far fewer than the every-step asked for, yet some of each
+        assert 1 < run["sampled"] < SWEEP_STEPS / 20 and 1 <= run["passes"] < SWEEP_STEPS / 20
+        assert run["telemetry_ns"] <= 0.02 * run["step_ns"]  # the 0.5 % budget, with slack for the first ones
+        (span,) = _spans(server, "ml.training.run", run_id, 1)
+        attributes = dict(span["attributes"])
+        assert attributes["ml.training.overhead_budget"] == "0.005"
+        assert attributes["ml.training.sampled_steps"] == str(run["sampled"])
+        assert attributes["ml.training.distribution_passes"] == str(run["passes"])
+        assert math.isclose(float(attributes["ml.training.telemetry.time"]), run["telemetry_ns"] / 1e9)
+        # what was said is what was sent: a step span per sampled step, 4 histograms per pass
+        assert len(_spans(server, "ml.training.step", run_id, run["sampled"])) == run["sampled"]
+        histograms = wait_for_rows(
+            server.data,
+            f"SELECT 1 FROM logs WHERE event_name = 'ml.training.distribution' AND {_OF_RUN.format(run_id)}",
+            4 * run["passes"],
+        )
+        assert histograms.num_rows == 4 * run["passes"]
+    # one shared set of instruments reported every run of the sweep, each once with its exact total
+    points = wait_for_rows(
+        server.data,
+        "SELECT attributes['ml.run.id'] AS run_id, value_int FROM metrics"
+        " WHERE metric_name = 'ml.training.steps' AND service_name = 'sweep'",
+        3,
+    ).to_pylist()
+    assert sorted(points, key=lambda p: p["run_id"]) == sorted(
+        ({"run_id": run["run_id"], "value_int": SWEEP_STEPS} for run in out["runs"]),
+        key=lambda p: p["run_id"],
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"overhead_budget": 0.0}, "overhead_budget"),
+        ({"overhead_budget": 1.5}, "overhead_budget"),
+        ({"sample_every": 0}, "sample_every"),
+        ({"distributions_every": -1}, "distributions_every"),
+    ],
+)
+def test_invalid_settings_are_refused_at_once(setting: dict[str, Any], message: str) -> None:
+    import torch
+
+    from mallard.instrumentation.training import training_run
+
+    with pytest.raises(ValueError, match=message):
+        training_run(torch.nn.Linear(2, 1), **setting)

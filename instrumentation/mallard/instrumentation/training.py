@@ -11,8 +11,11 @@ Two ways to use it:
   iteration (before or after `optimizer.step()`).
 
 Per step only integers are added up (`time.perf_counter_ns`); spans, metric points, the learning rate
-and the gradient norm are taken every `sample_every` steps, parameter and gradient histograms every
-`distributions_every` steps (see `TrainingSettings`). Names and units: `docs/semconv.md`.
+and the gradient norm are taken on sampled steps, parameter and gradient histograms on their own
+schedule. `sample_every` and `distributions_every` are the densest spacing: the run times its own
+periodic work and spaces it out further whenever it would take more than `overhead_budget` of the
+training time (tiny, fast steps), so the overhead holds on any model (see `TrainingSettings`). Names
+and units: `docs/semconv.md`.
 """
 
 from __future__ import annotations
@@ -47,16 +50,20 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SCOPE: Final = "mallard.instrumentation.training"
+OVERHEAD_BUDGET: Final = 0.005  # the default: 0.5 % of the training time for the periodic work
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrainingSettings:
-    """How much a training run records; the defaults keep the overhead under 3 % on a ~1 ms step."""
+    """How much a training run records, and what it may cost."""
 
-    sample_every: int = 10  # a step span and metric points every N steps (1: every step)
-    distributions_every: int = 500  # parameter/gradient histograms every N steps (0: never)
+    sample_every: int = 10  # a step span and metric points every N steps at most (1: every step)
+    distributions_every: int = 500  # parameter/gradient histograms every N steps at most (0: never)
     distribution_bins: int = 32  # buckets per histogram
+    # The share of the training time that the sampled steps and the histogram passes may take (half
+    # each); when their measured cost would exceed it, they are spaced further apart. None: the
+    # spacing is exactly `sample_every` and `distributions_every` whatever it costs.
+    overhead_budget: float | None = OVERHEAD_BUDGET
 
     def validate(self) -> None:
         if self.sample_every < 1:
@@ -65,6 +72,44 @@ class TrainingSettings:
             raise ValueError(f"distributions_every is 0 (off) or more, got {self.distributions_every}")
         if self.distribution_bins < 1:
             raise ValueError(f"distribution_bins is at least 1, got {self.distribution_bins}")
+        budget = self.overhead_budget
+        if budget is not None and not 0 < budget < 1:
+            raise ValueError(f"overhead_budget is a share of the time, in (0, 1), or None; got {budget}")
+
+
+class Spacing:
+    """Every how many steps one kind of periodic telemetry runs: every `every` steps at the densest
+    (0: never), further apart when its measured cost would take more than `share` of the training
+    time: after each run, the interval becomes the cost (a moving average) over `share` times the mean
+    step time, in steps."""
+
+    __slots__ = ("cost_ns", "every", "interval", "runs", "share", "since")
+
+    def __init__(self, every: int, share: float | None) -> None:
+        self.every, self.share = every, share
+        self.interval = max(every, 1)
+        self.since = 0  # steps ended since it last ran
+        self.runs = 0
+        self.cost_ns = 0.0
+
+    def due_next(self) -> bool:
+        """Whether it runs at the end of the step in progress."""
+        return self.every > 0 and self.since + 1 >= self.interval
+
+    def tick(self) -> bool:
+        """Counts an ended step; True when it runs at this one."""
+        self.since += 1
+        if self.every > 0 and self.since >= self.interval:
+            self.since = 0
+            return True
+        return False
+
+    def spent(self, cost_ns: int, mean_step_ns: float) -> None:
+        """Its cost this time; spaces the next runs to keep within the share."""
+        self.runs += 1
+        self.cost_ns = cost_ns if self.runs == 1 else 0.75 * self.cost_ns + 0.25 * cost_ns
+        if self.share is not None and mean_step_ns > 0:
+            self.interval = max(self.every, math.ceil(self.cost_ns / (self.share * mean_step_ns)))
 
 
 class TrainingRun:
@@ -111,6 +156,11 @@ class TrainingRun:
         self._unfinished: StepRecord | None = None  # automatic mode: ended, loss still to come
         self._sampled_lr: float | None = None
         self._sampled_grad_norm: float | None = None
+        share = None if self.settings.overhead_budget is None else self.settings.overhead_budget / 2
+        self._sampling = Spacing(self.settings.sample_every, share)
+        self._histograms = Spacing(self.settings.distributions_every, share)
+        self._sample_cost_ns = 0  # the sampled step's reads before optimizer.step()
+        self.telemetry_ns = 0  # time in the periodic telemetry (no step's time)
         self._nonfinite_streak = False
         self.step_ns = self.wait_ns_total = 0  # time in steps, and waiting for data within them
         self._w_samples = self._w_ns = 0  # since the last sampled step: for its throughput
@@ -132,13 +182,18 @@ class TrainingRun:
             "ml.training.mode": "automatic" if self.auto else "manual",
             "ml.training.sample_every": self.settings.sample_every,
             "ml.training.distributions_every": self.settings.distributions_every,
+            **(
+                {}
+                if self.settings.overhead_budget is None
+                else {"ml.training.overhead_budget": self.settings.overhead_budget}
+            ),
             **model_attributes(self.model),
             **device_attributes(self.device),
         }
         if self.optimizer is not None:
             attributes["ml.optimizer.name"] = type(self.optimizer).__name__
         attributes.update({f"ml.param.{key}": _attribute_value(v) for key, v in self._params.items()})
-        self._signals = RunSignals(SCOPE, self, attributes)
+        self._signals = RunSignals(self, attributes)
         self._install_hooks()
         self._step_start = time.perf_counter_ns()
         return self
@@ -162,6 +217,9 @@ class TrainingRun:
                 "ml.training.samples": self.samples,
                 "ml.training.epochs": self.epochs,
                 "ml.training.nonfinite_losses": self.nonfinite_losses,
+                "ml.training.sampled_steps": self.sampled_steps,
+                "ml.training.distribution_passes": self.distribution_passes,
+                "ml.training.telemetry.time": self.telemetry_ns / 1e9,
                 **({} if self.last_loss is None else {"ml.training.loss": self.last_loss}),
             },
             error,
@@ -181,6 +239,16 @@ class TrainingRun:
             context.detach(self._token)  # type: ignore[arg-type]
             self._token = None
         self.end(error)
+
+    @property
+    def sampled_steps(self) -> int:
+        """Steps sampled so far (a span, metric points, the learning rate and the gradient norm)."""
+        return self._sampling.runs
+
+    @property
+    def distribution_passes(self) -> int:
+        """Parameter and gradient histogram passes so far."""
+        return self._histograms.runs
 
     # what the loop reports -------------------------------------------------------------------
 
@@ -242,13 +310,15 @@ class TrainingRun:
 
     def _before_optimizer_step(self, optimizer: object, args: object, kwargs: object) -> None:
         self.finish_pending()
-        if (self.steps + 1) % self.settings.sample_every:
+        if not self._sampling.due_next():
             return
         assert self.optimizer is not None
         began = time.perf_counter_ns()
         self._sampled_lr = float(self.optimizer.param_groups[0]["lr"])
         self._sampled_grad_norm = self._guarded(gradient_norm, self.model.parameters())
-        self._step_start += time.perf_counter_ns() - began
+        spent = time.perf_counter_ns() - began
+        self._sample_cost_ns += spent
+        self._step_start += spent
 
     def _after_optimizer_step(self, optimizer: object, args: object, kwargs: object) -> None:
         self._end_step(None)
@@ -289,12 +359,15 @@ class TrainingRun:
         self._w_ns += duration
         self._epoch_steps += 1
         self._epoch_samples += samples
-        self._unfinished = StepRecord(self.steps, now, duration, wait, samples)
-        every = self.settings.distributions_every
-        if every and self.steps % every == 0 and self._signals is not None:
+        self._unfinished = StepRecord(self.steps, now, duration, wait, samples, sampled=self._sampling.tick())
+        if self._histograms.tick() and self._signals is not None:
+            began = time.perf_counter_ns()
             self._guarded(
                 self._signals.distributions, self.model, self.steps, self.settings.distribution_bins
             )
+            spent = time.perf_counter_ns() - began
+            self.telemetry_ns += spent
+            self._histograms.spent(spent, self.step_ns / self.steps)
         self._step_start = time.perf_counter_ns()
 
     def finish_pending(self) -> None:
@@ -305,7 +378,7 @@ class TrainingRun:
             return
         self._unfinished = None
         loss, self._pending_loss = self._pending_loss, None
-        sampled = record.step % self.settings.sample_every == 0
+        sampled = record.sampled
         try:
             value = _loss_value(loss, sampled)
         except Exception:  # not a number nor a one-element tensor: told once, never raised here
@@ -322,6 +395,7 @@ class TrainingRun:
                 alarm, self._nonfinite_streak = not self._nonfinite_streak, True
         if not (sampled or alarm) or self._signals is None:
             return
+        began = time.perf_counter_ns()
         record.loss = value
         record.epoch = self.epochs - 1 if self._epoch_open else None
         if sampled:
@@ -331,9 +405,14 @@ class TrainingRun:
             self._sampled_lr = self._sampled_grad_norm = None
             record.window = (self._w_samples, self._w_ns)
             self._w_samples = self._w_ns = 0
-        began = time.perf_counter_ns()
         self._guarded(self._signals.step, record, sampled, alarm, self._dataloader is not None)
-        self._step_start += time.perf_counter_ns() - began  # the telemetry's time is no step's
+        spent = time.perf_counter_ns() - began
+        self._step_start += spent  # the telemetry's time is no step's
+        self.telemetry_ns += spent
+        if sampled:
+            self.telemetry_ns += self._sample_cost_ns
+            self._sampling.spent(spent + self._sample_cost_ns, self.step_ns / self.steps)
+            self._sample_cost_ns = 0
 
     # epochs ------------------------------------------------------------------------------------
 
@@ -384,6 +463,7 @@ def training_run(
     sample_every: int = 10,
     distributions_every: int = 500,
     distribution_bins: int = 32,
+    overhead_budget: float | None = OVERHEAD_BUDGET,
 ) -> TrainingRun:
     """A training run to use as a context manager (`with training_run(...) as run:`); see the module
     docstring for the manual and the automatic mode."""
@@ -391,6 +471,7 @@ def training_run(
         sample_every=sample_every,
         distributions_every=distributions_every,
         distribution_bins=distribution_bins,
+        overhead_budget=overhead_budget,
     )
     return TrainingRun(
         model, optimizer, name=name, params=params, dataloader=dataloader, auto=auto, settings=settings
@@ -407,6 +488,7 @@ def autolog(
     sample_every: int = 10,
     distributions_every: int = 500,
     distribution_bins: int = 32,
+    overhead_budget: float | None = OVERHEAD_BUDGET,
 ) -> TrainingRun:
     """Starts an automatic-mode training run now; it ends with `run.end()` or at interpreter exit
     (before OpenTelemetry's own exit flush)."""
@@ -420,6 +502,7 @@ def autolog(
         sample_every=sample_every,
         distributions_every=distributions_every,
         distribution_bins=distribution_bins,
+        overhead_budget=overhead_budget,
     ).start()
     atexit.register(run.end)
     return run

@@ -1,12 +1,14 @@
-"""What a training run emits: its spans, metric instruments and log events (`RunSignals`), through
-OpenTelemetry's global providers (the ones `configure()` sets up)."""
+"""What a training run emits: its spans and log events (`RunSignals`), and the metric instruments,
+which all the runs of a process share (`Instruments`: made once, their callbacks read every open
+run), through OpenTelemetry's global providers (the ones `configure()` sets up)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
-from functools import partial
-from typing import TYPE_CHECKING, Any, Final
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from opentelemetry import _logs, context, metrics, trace
 from opentelemetry._logs import LogRecord, SeverityNumber
@@ -37,6 +39,34 @@ GAUGES: Final = (
     ("ml.training.throughput", "{sample}/s", "Training samples per second"),
 )
 SEVERITY_TEXT: Final = {SeverityNumber.INFO: "INFO", SeverityNumber.WARN: "WARNING"}  # as Python logging
+SCOPE: Final = "mallard.instrumentation.training"
+ENDED_KEPT: Final = 256  # ended runs waiting for their last collection (none comes without an SDK)
+
+
+class Counts(Protocol):
+    """What the counters read: a `TrainingRun` while it is open, its `Totals` once ended."""
+
+    @property
+    def steps(self) -> int: ...
+    @property
+    def samples(self) -> int: ...
+    @property
+    def step_ns(self) -> int: ...
+    @property
+    def wait_ns_total(self) -> int: ...
+    @property
+    def observes_loader(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """An ended run's counts (the run itself, and its model, are not kept for the last collection)."""
+
+    steps: int
+    samples: int
+    step_ns: int
+    wait_ns_total: int
+    observes_loader: bool
 
 
 class StepRecord:
@@ -49,15 +79,18 @@ class StepRecord:
         "grad_norm",
         "learning_rate",
         "loss",
+        "sampled",
         "samples",
         "step",
         "wait_ns",
         "window",
     )
 
-    def __init__(self, step: int, end_ns: int, duration_ns: int, wait_ns: int, samples: int) -> None:
+    def __init__(
+        self, step: int, end_ns: int, duration_ns: int, wait_ns: int, samples: int, *, sampled: bool
+    ) -> None:
         self.step, self.end_ns, self.duration_ns = step, end_ns, duration_ns
-        self.wait_ns, self.samples = wait_ns, samples
+        self.wait_ns, self.samples, self.sampled = wait_ns, samples, sampled
         self.loss: float | None = None
         self.epoch: int | None = None
         self.learning_rate: float | None = None
@@ -65,79 +98,140 @@ class StepRecord:
         self.window: tuple[int, int] | None = None  # samples, ns since the previous sampled step
 
 
-class RunSignals:
-    """The run span (started here), the open epoch span, the instruments, the log events."""
+class Instruments:
+    """The training metric instruments, one set per process: a sweep that starts hundreds of runs
+    makes no new instrument, and a collection reads each open run once per series. Counters and
+    gauges are observable (nothing per step): their callbacks read the registered runs; a run that
+    ended is reported at one more collection, then dropped."""
 
-    def __init__(self, scope: str, run: TrainingRun, attributes: dict[str, Any]) -> None:
-        self.failures = 0  # telemetry calls that raised (logged by the run)
-        self._tracer = trace.get_tracer(scope)
-        self._logger = _logs.get_logger(scope)
-        self.run_span = self._tracer.start_span("ml.training.run", attributes=attributes)
-        self.run_context = trace.set_span_in_context(self.run_span)
-        self._epoch_span: Span | None = None
-        self._epoch_context = self.run_context
-        self._base = {"ml.run.id": run.run_id, "ml.run.name": run.name}
-        self._cuda: torch.device | None = run.device if run.device.type == "cuda" else None
-        self._gpu_base = {**self._base, "hw.id": str(attributes["ml.device"]), "hw.type": "gpu"}
-        self.ended = False
-        self.last: dict[str, float] = {}  # gauge name -> value at the last sampled step
-        meter = metrics.get_meter(scope, attributes={"ml.run.id": run.run_id})  # a meter per run
+    _made: Instruments | None = None
+    _making = threading.Lock()
+
+    @classmethod
+    def get(cls) -> Instruments:
+        with cls._making:
+            if cls._made is None:
+                cls._made = cls()
+            return cls._made
+
+    def __init__(self) -> None:
+        self._runs: list[RunSignals] = []
+        self._lock = threading.Lock()
+        meter = metrics.get_meter(SCOPE)
         self.step_duration = meter.create_histogram(
             "ml.training.step.duration",
             unit="s",
             description="Duration of the sampled training steps",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
-        # read at each collection (nothing per step): the run's totals and the last sampled values
-        for name, unit, description, read in (
-            ("ml.training.steps", "{step}", "Training steps", lambda: run.steps),
-            ("ml.training.samples", "{sample}", "Training samples processed", lambda: run.samples),
-            ("ml.training.step.time", "s", "Time spent in training steps", lambda: run.step_ns / 1e9),
-        ):
-            meter.create_observable_counter(name, [self._observer(read)], unit, description)
-        if run.observes_loader:
-            meter.create_observable_counter(
-                "ml.training.data_wait.time",
-                [self._observer(lambda: run.wait_ns_total / 1e9)],
-                "s",
-                "Time spent waiting for the data loader",
-            )
-        for name, unit, description in GAUGES:
-            meter.create_observable_gauge(
-                name, [self._observer(partial(self.last.get, name))], unit, description
-            )
-        if self._cuda is not None:
-            cuda = self._cuda
-            for name, description in GPU_MEMORY.items():
-                meter.create_observable_gauge(
-                    name,
-                    [self._observer(partial(_memory, cuda, name), self._gpu_base)],
-                    "By",
-                    description,
-                )
-            meter.create_observable_gauge(
-                "hw.gpu.utilization",
-                [self._observer(lambda: cuda_utilization(cuda), self._gpu_base)],
-                "1",
-                "GPU utilisation (0..1), from NVML",
-            )
+        Read = Callable[[RunSignals], float | None]
+        counters: tuple[tuple[str, str, str, Read], ...] = (
+            ("ml.training.steps", "{step}", "Training steps", _steps),
+            ("ml.training.samples", "{sample}", "Training samples processed", _samples),
+            ("ml.training.step.time", "s", "Time spent in training steps", _step_time),
+            ("ml.training.data_wait.time", "s", "Time spent waiting for the data loader", _data_wait),
+        )
+        gauges: list[tuple[str, str, str, Read, bool]]
+        gauges = [(name, unit, description, _last(name), False) for name, unit, description in GAUGES]
+        gauges += [(name, "By", text, _gpu_memory(name), True) for name, text in GPU_MEMORY.items()]
+        gauges.append(("hw.gpu.utilization", "1", "GPU utilisation (0..1), from NVML", _gpu_use, True))
+        self.callbacks = len(counters) + len(gauges)
+        for index, (name, unit, description, read) in enumerate(counters):
+            meter.create_observable_counter(name, [self._callback(index, read)], unit, description)
+        for index, (name, unit, description, read, gpu) in enumerate(gauges, len(counters)):
+            callback = self._callback(index, read, gpu=gpu)
+            meter.create_observable_gauge(name, [callback], unit, description)
 
-    def _observer(
-        self, read: Callable[[], float | None], attributes: dict[str, str] | None = None
+    def register(self, run: RunSignals) -> None:
+        with self._lock:
+            ended = [other for other in self._runs if other.ended]
+            for stale in ended[: max(0, len(ended) - ENDED_KEPT)]:
+                self._runs.remove(stale)
+            self._runs.append(run)
+
+    def _callback(
+        self, index: int, read: Callable[[RunSignals], float | None], *, gpu: bool = False
     ) -> Callable[[CallbackOptions], list[Observation]]:
-        """A callback reporting `read()` (nothing when None) until the collection after the run ended."""
-        labels = attributes or self._base
-        finished = False
+        """Callback `index`: `read(run)` for each registered run (for its GPU, with `gpu`; None
+        reports nothing). An ended run is reported once more; when every callback has done so, the
+        run is dropped."""
 
         def observe(options: CallbackOptions) -> list[Observation]:
-            nonlocal finished
-            if finished:
-                return []
-            finished = self.ended
-            value = read()
-            return [] if value is None else [Observation(value, labels)]
+            with self._lock:
+                runs = list(self._runs)
+            found = []
+            for run in runs:
+                if run.ended:
+                    if index in run.final_reports:
+                        continue
+                    run.final_reports.add(index)
+                    if len(run.final_reports) == self.callbacks:
+                        self._forget(run)
+                if gpu and run.cuda is None:
+                    continue
+                value = read(run)
+                if value is not None:
+                    found.append(Observation(value, run.gpu_labels if gpu else run.labels))
+            return found
 
         return observe
+
+    def _forget(self, run: RunSignals) -> None:
+        with self._lock:
+            if run in self._runs:
+                self._runs.remove(run)
+
+
+def _steps(run: RunSignals) -> float | None:
+    return run.counts.steps
+
+
+def _samples(run: RunSignals) -> float | None:
+    return run.counts.samples
+
+
+def _step_time(run: RunSignals) -> float | None:
+    return run.counts.step_ns / 1e9
+
+
+def _data_wait(run: RunSignals) -> float | None:
+    return run.counts.wait_ns_total / 1e9 if run.counts.observes_loader else None
+
+
+def _last(name: str) -> Callable[[RunSignals], float | None]:
+    return lambda run: run.last.get(name)
+
+
+def _gpu_memory(name: str) -> Callable[[RunSignals], float | None]:
+    return lambda run: None if run.cuda is None else cuda_memory(run.cuda)[name]
+
+
+def _gpu_use(run: RunSignals) -> float | None:
+    return None if run.cuda is None else cuda_utilization(run.cuda)
+
+
+class RunSignals:
+    """The run span (started here), the open epoch span, the log events; the run's series in the
+    shared `Instruments`."""
+
+    def __init__(self, run: TrainingRun, attributes: dict[str, Any]) -> None:
+        self.failures = 0  # telemetry calls that raised (logged by the run)
+        self.counts: Counts = run
+        self._tracer = trace.get_tracer(SCOPE)
+        self._logger = _logs.get_logger(SCOPE)
+        self.run_span = self._tracer.start_span("ml.training.run", attributes=attributes)
+        self.run_context = trace.set_span_in_context(self.run_span)
+        self._epoch_span: Span | None = None
+        self._epoch_context = self.run_context
+        self._base = {"ml.run.id": run.run_id, "ml.run.name": run.name}
+        self.labels = self._base
+        self.cuda: torch.device | None = run.device if run.device.type == "cuda" else None
+        self.gpu_labels = {**self._base, "hw.id": str(attributes["ml.device"]), "hw.type": "gpu"}
+        self.ended = False
+        self.final_reports: set[int] = set()  # the `Instruments` callbacks that reported it ended
+        self.last: dict[str, float] = {}  # gauge name -> value at the last sampled step
+        self._instruments = Instruments.get()
+        self._instruments.register(self)
 
     # spans -------------------------------------------------------------------------------------
 
@@ -159,6 +253,8 @@ class RunSignals:
             self.run_span.record_exception(error)
             self.run_span.set_status(Status(StatusCode.ERROR, f"{type(error).__qualname__}: {error}"))
         self.run_span.end()
+        run = self.counts
+        self.counts = Totals(run.steps, run.samples, run.step_ns, run.wait_ns_total, run.observes_loader)
         self.ended = True
 
     def step(self, record: StepRecord, sampled: bool, alarm: bool, waits: bool) -> None:
@@ -183,7 +279,7 @@ class RunSignals:
         ):
             if value is not None:
                 attributes[key] = value
-        gpu = cuda_memory(self._cuda) if self._cuda is not None and sampled else {}
+        gpu = cuda_memory(self.cuda) if self.cuda is not None and sampled else {}
         attributes.update(gpu)
         span = self._tracer.start_span(
             "ml.training.step",
@@ -198,7 +294,7 @@ class RunSignals:
             self._record_step_metrics(record, attributes)
 
     def _record_step_metrics(self, record: StepRecord, attributes: dict[str, Any]) -> None:
-        self.step_duration.record(record.duration_ns / 1e9, self._base)
+        self._instruments.step_duration.record(record.duration_ns / 1e9, self._base)
         window = record.window
         if window is not None and window[0] and window[1]:
             self.last["ml.training.throughput"] = window[0] / (window[1] / 1e9)
@@ -265,7 +361,3 @@ class RunSignals:
                 event_name=event,
             )
         )
-
-
-def _memory(device: torch.device, name: str) -> float:
-    return cuda_memory(device)[name]
