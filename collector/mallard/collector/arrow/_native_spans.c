@@ -15,8 +15,8 @@
  *      field given twice), which are rendered by calling the Python `render_other`, so their JSON
  *      text is the oracle's by construction. Rejections follow the oracle's order and wording.
  *
- * When a request needs a behaviour the oracle gets from Python itself (an int64 overflow in pyarrow,
- * offsets past 2 GiB), `convert` returns None and the caller runs the oracle.
+ * When a request needs a behaviour the oracle gets from Python itself (a time past int64, which pyarrow
+ * refuses; offsets past 2 GiB), `convert` returns None and the caller runs the oracle.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -745,12 +745,6 @@ static PyObject *value_object(const Value *v) {
     }
 }
 
-static int defer_if_outside_int64(Ctx *cx, double d) {
-    if (d >= -9223372036854775808.0 && d < 9223372036854775808.0) return 0;
-    cx->defer = 1;  /* pyarrow raises on it in the oracle */
-    return -1;
-}
-
 /* `_as_int` of spans.py on a Python value, then appended to an int64 column. */
 static int push_as_int(Ctx *cx, I64Col *c, PyObject *obj) {
     if (PyBool_Check(obj)) return i64_null(c);
@@ -760,8 +754,9 @@ static int push_as_int(Ctx *cx, I64Col *c, PyObject *obj) {
         number = obj;
     } else if (PyFloat_Check(obj)) {
         double d = PyFloat_AS_DOUBLE(obj);
-        if (!isfinite(d) || floor(d) != d) return i64_null(c);
-        if (defer_if_outside_int64(cx, d) < 0) return -1;
+        /* integral and within int64, else null, as `_as_int` */
+        if (!isfinite(d) || floor(d) != d || d < -9223372036854775808.0 || d >= 9223372036854775808.0)
+            return i64_null(c);
         return i64_push(c, (int64_t)d);
     } else if (PyUnicode_Check(obj)) {
         number = PyLong_FromUnicodeObject(obj, 10);
@@ -776,10 +771,7 @@ static int push_as_int(Ctx *cx, I64Col *c, PyObject *obj) {
     int overflow = 0;
     long long v = PyLong_AsLongLongAndOverflow(number, &overflow);
     Py_DECREF(number);
-    if (overflow) {
-        cx->defer = 1;
-        return -1;
-    }
+    if (overflow) return i64_null(c); /* outside int64: null, as `_as_int` */
     if (v == -1 && PyErr_Occurred()) return -1;
     return i64_push(c, v);
 }
