@@ -155,15 +155,13 @@ def parse_part_file(path: Path, table: str) -> PartFile | None:
 def read_coverage(path: Path) -> dict[str, list[tuple[int, int]]]:
     """The WAL ranges a compacted file's footer records, by writer. Raises StorageError, or
     FileNotFoundError when the file is gone (a compaction replaced it since it was listed)."""
-    if not path.exists():
-        raise FileNotFoundError(path)
     try:
         metadata = pq.read_metadata(path).metadata or {}
         raw = json.loads(metadata.get(COVERAGE_KEY, b"{}"))
         return {str(writer): [(int(a), int(b)) for a, b in ranges] for writer, ranges in raw.items()}
+    except FileNotFoundError:
+        raise
     except (OSError, ValueError, TypeError) as exc:
-        if not path.exists():
-            raise FileNotFoundError(path) from exc
         raise StorageError(f"cannot read the WAL coverage of {path}: {exc}") from exc
 
 
@@ -184,15 +182,13 @@ def directory_coverage(directory: Path) -> dict[str, list[tuple[int, int]]]:
     Compaction may replace files while this reads them, without the reader lock. It moves its new
     files in before it moves the replaced ones out, so when a listed compacted file has gone, a fresh
     listing holds its successor: the directory is listed again until one pass reads every file."""
-    for _ in range(_COVERAGE_ATTEMPTS - 1):
+    vanished: FileNotFoundError | None = None
+    for _ in range(_COVERAGE_ATTEMPTS):
         try:
             return files_coverage(directory.glob("*.parquet"))
-        except FileNotFoundError:
-            continue
-    try:
-        return files_coverage(directory.glob("*.parquet"))
-    except FileNotFoundError as exc:
-        raise StorageError(f"files of {directory} kept vanishing while their WAL coverage was read") from exc
+        except FileNotFoundError as exc:
+            vanished = exc
+    raise StorageError(f"files of {directory} kept vanishing while their WAL coverage was read") from vanished
 
 
 def files_coverage(paths: Iterable[Path]) -> dict[str, list[tuple[int, int]]]:
