@@ -50,16 +50,20 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-OVERHEAD_BUDGET: Final = 0.005  # the default: 0.5 % of the training time for the periodic work
+# the defaults of `TrainingSettings`, and so of `training_run()` and `autolog()`
+SAMPLE_EVERY: Final = 10
+DISTRIBUTIONS_EVERY: Final = 500
+DISTRIBUTION_BINS: Final = 32
+OVERHEAD_BUDGET: Final = 0.005  # 0.5 % of the training time for the periodic work
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrainingSettings:
     """How much a training run records, and what it may cost."""
 
-    sample_every: int = 10  # a step span and metric points every N steps at most (1: every step)
-    distributions_every: int = 500  # parameter/gradient histograms every N steps at most (0: never)
-    distribution_bins: int = 32  # buckets per histogram
+    sample_every: int = SAMPLE_EVERY  # a step span and metric points every N steps at most (1: every step)
+    distributions_every: int = DISTRIBUTIONS_EVERY  # histograms every N steps at most (0: never)
+    distribution_bins: int = DISTRIBUTION_BINS  # buckets per histogram
     # The share of the training time that the sampled steps and the histogram passes may take (half
     # each); when their measured cost would exceed it, they are spaced further apart. None: the
     # spacing is exactly `sample_every` and `distributions_every` whatever it costs.
@@ -460,9 +464,9 @@ def training_run(
     params: Mapping[str, object] | None = None,
     dataloader: object | None = None,
     auto: bool = False,
-    sample_every: int = 10,
-    distributions_every: int = 500,
-    distribution_bins: int = 32,
+    sample_every: int = SAMPLE_EVERY,
+    distributions_every: int = DISTRIBUTIONS_EVERY,
+    distribution_bins: int = DISTRIBUTION_BINS,
     overhead_budget: float | None = OVERHEAD_BUDGET,
 ) -> TrainingRun:
     """A training run to use as a context manager (`with training_run(...) as run:`); see the module
@@ -485,9 +489,9 @@ def autolog(
     name: str | None = None,
     params: Mapping[str, object] | None = None,
     dataloader: object | None = None,
-    sample_every: int = 10,
-    distributions_every: int = 500,
-    distribution_bins: int = 32,
+    sample_every: int = SAMPLE_EVERY,
+    distributions_every: int = DISTRIBUTIONS_EVERY,
+    distribution_bins: int = DISTRIBUTION_BINS,
     overhead_budget: float | None = OVERHEAD_BUDGET,
 ) -> TrainingRun:
     """Starts an automatic-mode training run now; it ends with `run.end()` or at interpreter exit
