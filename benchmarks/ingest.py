@@ -45,6 +45,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Final
 
+from aligned import print_aligned  # benchmarks/aligned.py (a script's folder is on sys.path)
+
 ITEMS_PER_REQUEST: Final = 512
 READY: Final = re.compile(r"ready grpc=(?P<host>[^:\s]+):(?P<grpc>\d+) http=[^:\s]+:(?P<http>\d+)")
 TABLE_OF: Final = {"traces": "spans", "metrics": "metrics", "logs": "logs"}
@@ -815,17 +817,9 @@ refused: RESOURCE_EXHAUSTED / UNAVAILABLE (gRPC) or 429 / 503 (HTTP) answers, ea
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
-    rows = [[head for head, _ in _COLUMNS]] + [[fmt.format(**r) for _, fmt in _COLUMNS] for r in results]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
-    for n, row in enumerate(rows):
-        print(
-            "  ".join(
-                cell.rjust(w) if i else cell.ljust(w)
-                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
+    print_aligned(
+        [[head for head, _ in _COLUMNS]] + [[fmt.format(**r) for _, fmt in _COLUMNS] for r in results]
+    )
     for r in results:
         notes = []
         if len(r["by_writer"]) > 1:

@@ -58,6 +58,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from aligned import print_aligned  # benchmarks/aligned.py (a script's folder is on sys.path)
 
 from mallard.query import Store
 from mallard.query.metrics import metric_series
@@ -720,19 +721,10 @@ _COLUMNS: Final = (
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
-    rows = [[head for head, _ in _COLUMNS]] + [
-        [fmt.format(**r, verdict="yes" if r["met"] else "NO") for _, fmt in _COLUMNS] for r in results
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
-    for n, row in enumerate(rows):
-        print(
-            "  ".join(
-                cell.rjust(w) if i else cell.ljust(w)
-                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
+    print_aligned(
+        [[head for head, _ in _COLUMNS]]
+        + [[fmt.format(**r, verdict="yes" if r["met"] else "NO") for _, fmt in _COLUMNS] for r in results]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -778,27 +770,24 @@ def main(argv: list[str] | None = None) -> int:
                 f" {g['spans'] / g['spans_s']:,.0f} spans/s) and {g['metric_points']:,} metric points in"
                 f" {g['metric_files']:,} files ({g['metrics_s']:.0f}s)"
             )
-        report["size"] = store_size(root)
-        for table, (files, size) in report["size"].items():
-            print(f"{table}: {files:,} files, {size / 2**20:,.0f} MiB")
-        if not args.no_measure:
-            report["before"] = measure_all(
-                root, now=now, runs=args.runs, warmups=args.warmups, seed=args.seed
-            )
-            print()
-            print_table(report["before"])
+
+        def survey(size_key: str, results_key: str, label: str) -> None:
+            """The store's size, then (unless --no-measure) every query, printed and into the report."""
+            report[size_key] = store_size(root)
+            for table, (files, size) in report[size_key].items():
+                print(f"{table}{label}: {files:,} files, {size / 2**20:,.0f} MiB")
+            if not args.no_measure:
+                report[results_key] = measure_all(
+                    root, now=now, runs=args.runs, warmups=args.warmups, seed=args.seed
+                )
+                print(f"\n{label.strip()}:" if label else "")
+                print_table(report[results_key])
+
+        survey("size", "before", "")
         if args.compact:
             report["compact_s"] = compact(root, now)
             if report["compact_s"] is not None:
-                report["size_compacted"] = store_size(root)
-                for table, (files, size) in report["size_compacted"].items():
-                    print(f"{table} after compaction: {files:,} files, {size / 2**20:,.0f} MiB")
-                if not args.no_measure:
-                    report["after"] = measure_all(
-                        root, now=now, runs=args.runs, warmups=args.warmups, seed=args.seed
-                    )
-                    print("\nafter compaction:")
-                    print_table(report["after"])
+                survey("size_compacted", "after", " after compaction")
         if args.json:
             args.json.write_text(json.dumps(report, indent=2, default=str))
     finally:
