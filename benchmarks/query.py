@@ -60,6 +60,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from aligned import print_aligned  # benchmarks/aligned.py (a script's folder is on sys.path)
 
+from mallard.collector.pricing import add_costs, default_prices
 from mallard.query import Store
 from mallard.query.metrics import metric_series
 from mallard.query.traces import get_trace, search_traces, services
@@ -253,6 +254,7 @@ class Generator:
         self._span_types = _types(self._connection, "spans")
         self._metric_types = _types(self._connection, "metrics")
         self._lock = threading.Lock()
+        self._prices = default_prices()
 
     def spans(self, first_flush: int, end_flush: int) -> pa.Table:
         """The spans of the traces of flushes [first, end), with an extra leading `_flush` column."""
@@ -312,6 +314,8 @@ class Generator:
             model AS gen_ai_request_model, model AS gen_ai_response_model,
             CASE WHEN family = 'llm' THEN in_tokens END::BIGINT AS gen_ai_input_tokens,
             CASE WHEN family = 'llm' THEN out_tokens END::BIGINT AS gen_ai_output_tokens,
+            NULL::BIGINT AS gen_ai_cache_read_input_tokens, model AS gen_ai_model,
+            NULL::DOUBLE AS gen_ai_cost_usd,  -- priced below, as the collector does at ingest
             CASE family
                 WHEN 'http' THEN MAP(
                     ['http.request.method', 'http.route', 'http.response.status_code', 'url.scheme',
@@ -460,6 +464,10 @@ class Generator:
             cursor.close()
         flush = result.column("_flush")
         data = result.drop_columns(["_flush"]).cast(SCHEMAS[table])
+        if table == "spans":
+            data = pa.Table.from_batches(
+                [add_costs(batch, self._prices) for batch in data.to_batches()], SCHEMAS[table]
+            )
         return data.add_column(0, "_flush", flush)
 
     def close(self) -> None:
